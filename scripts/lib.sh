@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Shared helpers for every script in this repo. Source it; never execute it.
+# Callers set `set -Eeuo pipefail` themselves.
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export REPO_ROOT
+# Where this kind of machine keeps the CPU build of torch (see plan.md).
+TORCH_CPU_FIND_LINKS="${TORCH_CPU_FIND_LINKS:-/opt/wheels}"
+# Everything generated at run time lives under one gitignored folder.
+RUNTIME_DIR="${RUNTIME_DIR:-$REPO_ROOT/.runtime}"
+
+log_info()  { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+log_warn()  { printf '[%s] WARNING: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+log_error() { printf '[%s] ERROR: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die()       { log_error "$*"; exit 1; }
+
+# wait_until TIMEOUT_S DESCRIPTION CMD [ARGS...]
+# Polls CMD every second until it succeeds; fails with a clear message after
+# TIMEOUT_S seconds. The one sanctioned way to wait for something.
+wait_until() {
+  local timeout="$1" what="$2"
+  shift 2
+  local deadline=$((SECONDS + timeout))
+  until "$@" >/dev/null 2>&1; do
+    if ((SECONDS >= deadline)); then
+      log_error "timed out after ${timeout}s waiting for: $what"
+      return 1
+    fi
+    sleep 1
+  done
+}
+
+# pid_alive PID: true while a process with that PID exists.
+pid_alive() { [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null; }
+
+# load_env_files FILE...: export KEY=VALUE lines from dotenv-style files
+# without overriding variables already set in the environment (Compose's rule:
+# the shell wins). Values are taken literally; surrounding quotes are removed.
+load_env_files() {
+  local file line key value
+  for file in "$@"; do
+    [[ -f "$file" ]] || continue
+    while IFS= read -r line || [[ -n "$line" ]]; do
+      [[ "$line" =~ ^[[:space:]]*(#|$) ]] && continue
+      [[ "$line" =~ ^[[:space:]]*(export[[:space:]]+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$ ]] || continue
+      key="${BASH_REMATCH[2]}"
+      value="${BASH_REMATCH[3]}"
+      if [[ "$value" =~ ^\"(.*)\"[[:space:]]*$ || "$value" =~ ^\'(.*)\'[[:space:]]*$ ]]; then
+        value="${BASH_REMATCH[1]}"
+      else
+        value="${value%%[[:space:]]#*}"          # strip an inline comment
+        value="${value%"${value##*[![:space:]]}"}" # strip trailing blanks
+      fi
+      [[ -v "$key" ]] || export "$key=$value"
+    done <"$file"
+  done
+}
+
+# ensure_uv: make `uv` available (PyPI is reachable on every machine of ours).
+ensure_uv() {
+  command -v uv >/dev/null 2>&1 && return 0
+  log_info "installing uv from PyPI"
+  python3 -m pip install --quiet --disable-pip-version-check uv >&2
+  command -v uv >/dev/null 2>&1 || die "uv was installed but is not on PATH"
+}
+
+# ensure_cpu_venv DIR: create/refresh the CPU engine venv from the locks.
+ensure_cpu_venv() {
+  local venv="$1"
+  ensure_uv
+  [[ -d "$TORCH_CPU_FIND_LINKS" ]] ||
+    log_warn "$TORCH_CPU_FIND_LINKS is missing; torch==2.13.0+cpu must come from another index (see plan.md)"
+  if [[ ! -x "$venv/bin/python" ]]; then
+    UV_PYTHON_DOWNLOADS=never uv venv --quiet --python python3.11 "$venv" >&2
+  fi
+  UV_PYTHON_DOWNLOADS=never VIRTUAL_ENV="$venv" uv pip sync --quiet \
+    --find-links "$TORCH_CPU_FIND_LINKS" \
+    requirements-cpu.txt requirements-dev.txt >&2
+}

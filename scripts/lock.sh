@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Recompile the pinned locks from their .in files.
+#   scripts/lock.sh          rewrite requirements.txt and requirements-*.txt
+#   scripts/lock.sh --check  recompile into a temp dir and fail if any lock differs
+set -Eeuo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+# The exact commands. Each lock's header repeats its command (uv writes it).
+compile_gpu() { # $1 = output, $2 = platform
+  uv pip compile requirements.in --python-version 3.12 \
+    --python-platform "$2" --generate-hashes --quiet -o "$1"
+}
+compile_cpu() {
+  uv pip compile requirements-cpu.in --override overrides-cpu.txt \
+    --find-links "$TORCH_CPU_FIND_LINKS" --emit-find-links --python-version 3.11 \
+    --python-platform x86_64-manylinux_2_28 --generate-hashes --quiet -o "$1"
+}
+compile_dev() {
+  uv pip compile requirements-dev.in -c requirements-cpu.txt \
+    --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+    --generate-hashes --quiet -o "$1"
+}
+
+# Package pins only (name==version lines), without uv's header or comments.
+pins() { grep -E '^[A-Za-z0-9]' "$1"; }
+
+main() {
+  cd "$REPO_ROOT"
+  export UV_PYTHON_DOWNLOADS=never
+  local mode="${1:-write}" out
+  if [[ "$mode" == "--check" ]]; then
+    out="$(mktemp -d)"
+    trap 'rm -rf "$out"' EXIT
+    # Work in a copy so uv's header names the same relative output paths.
+    cp requirements*.in overrides-cpu.txt requirements-cpu.txt "$out/"
+    ( cd "$out"
+      compile_gpu requirements.txt x86_64-manylinux_2_35
+      compile_gpu requirements-aarch64.txt aarch64-manylinux_2_35
+      compile_cpu requirements-cpu.txt
+      compile_dev requirements-dev.txt )
+    local failed=0 f
+    for f in requirements.txt requirements-cpu.txt requirements-dev.txt; do
+      if ! diff -u "$f" "$out/$f"; then
+        log_error "$f is out of date with its .in file: run scripts/lock.sh"
+        failed=1
+      fi
+    done
+    if ! diff -u <(pins requirements.txt) <(pins "$out/requirements-aarch64.txt"); then
+      log_error "aarch64 resolves to different pins than x86_64; requirements.txt cannot serve both"
+      failed=1
+    fi
+    (( failed == 0 )) && log_info "locks are up to date (x86_64 and aarch64 agree)"
+    return "$failed"
+  fi
+  compile_gpu requirements.txt x86_64-manylinux_2_35
+  compile_cpu requirements-cpu.txt
+  compile_dev requirements-dev.txt
+  log_info "locks written"
+}
+
+main "$@"

@@ -1,0 +1,97 @@
+"""Turn Settings into plain data for Ray Serve LLM.
+
+Returns dicts only (no Ray imports), so the exact configuration can be
+printed by --dry-run and checked by unit tests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from settings import Settings
+
+# Application name and route of the OpenAI app in Ray Serve.
+APP_NAME = "llm"
+ROUTE_PREFIX = "/"
+
+
+def engine_kwargs(s: Settings) -> dict[str, Any]:
+    """vLLM engine arguments; ENGINE_KWARGS is merged last and wins."""
+    kwargs: dict[str, Any] = {
+        "tensor_parallel_size": s.tensor_parallel_size,
+        "pipeline_parallel_size": s.pipeline_parallel_size,
+        "max_num_seqs": s.max_num_seqs,
+        "dtype": s.dtype,
+    }
+    if s.device == "gpu":
+        kwargs["gpu_memory_utilization"] = s.gpu_memory_utilization
+    if s.max_model_len is not None:
+        kwargs["max_model_len"] = s.max_model_len
+    if s.quantization:
+        kwargs["quantization"] = s.quantization
+    kwargs.update(s.engine_kwargs)
+    return kwargs
+
+
+def llm_config(s: Settings) -> dict[str, Any]:
+    """Keyword arguments for ray.serve.llm.LLMConfig."""
+    config: dict[str, Any] = {
+        "model_loading_config": {
+            "model_id": s.served_model_name,
+            "model_source": s.model_source or s.model_id,
+        },
+        "deployment_config": {
+            "autoscaling_config": {
+                "min_replicas": s.min_replicas,
+                "max_replicas": s.max_replicas,
+                "target_ongoing_requests": s.target_ongoing_requests,
+            },
+        },
+        "engine_kwargs": engine_kwargs(s),
+    }
+    if s.device == "cpu":
+        # CPU-only bundles: no GPU is requested, vLLM uses its CPU backend.
+        config["accelerator_config"] = {"kind": "cpu"}
+    elif s.accelerator_type:
+        config["accelerator_type"] = s.accelerator_type
+    return config
+
+
+def serving_args(s: Settings) -> dict[str, Any]:
+    """Arguments for ray.serve.llm.build_openai_app (an LLMServingArgs dict)."""
+    args: dict[str, Any] = {"llm_configs": [llm_config(s)]}
+    if s.device == "cpu":
+        # On a 2-core box the model server takes every CPU; an ingress asking
+        # for 1 CPU would never schedule. It only routes requests.
+        args["ingress_deployment_config"] = {"ray_actor_options": {"num_cpus": 0}}
+    return args
+
+
+def http_options(s: Settings) -> dict[str, Any]:
+    """Ray Serve HTTP options (serve.start)."""
+    return {"host": s.api_host, "port": s.api_port}
+
+
+def ray_init_kwargs(s: Settings) -> dict[str, Any]:
+    """Arguments for ray.init: join RAY_ADDRESS, or start a private cluster."""
+    if s.ray_address:
+        return {"address": s.ray_address}
+    return {
+        "include_dashboard": True,
+        "dashboard_host": s.api_host,
+        "dashboard_port": s.dashboard_port,
+    }
+
+
+def resolved(s: Settings) -> dict[str, Any]:
+    """Everything deploy.py will do, as printable data. Secrets are redacted."""
+    return {
+        "app": {"name": APP_NAME, "route_prefix": ROUTE_PREFIX},
+        "serving_args": serving_args(s),
+        "http_options": http_options(s),
+        "ray_init": ray_init_kwargs(s),
+        "secrets": {
+            "HF_TOKEN": "<set, redacted>" if s.hf_token else "<unset>",
+            "OPENAI_API_KEY": "<set, redacted>" if s.openai_api_key else "<unset: API open>",
+        },
+    }

@@ -1,0 +1,306 @@
+"""Parse and validate the deployment's environment.
+
+Pure: a mapping of environment variables goes in, a frozen ``Settings`` comes
+out, or a ``ConfigError`` listing every bad variable. Never imports Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, TypeVar
+
+T = TypeVar("T")
+
+DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
+DEVICES = ("gpu", "cpu")
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+# Characters allowed in OPENAI_API_KEY: safe inside an nginx string and a shell
+# word. The Nginx entrypoint (docker/nginx/entrypoint.d) applies the same rule.
+API_KEY_PATTERN = re.compile(r"^[A-Za-z0-9._~+/=-]+$")
+API_KEY_ALLOWED = "letters, digits and . _ ~ + / = -"
+HF_TOKEN_NAMES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_TOKEN")
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One documented environment variable (drives --help and the docs test)."""
+
+    name: str
+    default: str
+    help: str
+    secret: bool = False
+
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable("MODEL_ID", "Qwen/Qwen2.5-1.5B-Instruct", "Hugging Face model id; the served name unless SERVED_MODEL_NAME is set."),
+    Variable("SERVED_MODEL_NAME", "", "Name clients pass as 'model'. Empty = MODEL_ID."),
+    Variable("MODEL_SOURCE", "", "Local path of pre-downloaded weights. Empty = download MODEL_ID."),
+    Variable("DEVICE", "gpu", "Where the engine runs: gpu or cpu."),
+    Variable("GPUS_PER_NODE", "1", "GPUs on each node for serving (Compose GPU reservation)."),
+    Variable("TENSOR_PARALLEL_SIZE", "1", "GPUs one replica is split across (tensor parallelism)."),
+    Variable("PIPELINE_PARALLEL_SIZE", "1", "Pipeline stages one replica is split into."),
+    Variable("ACCELERATOR_TYPE", "", "Ray accelerator type (A100, H100, L4...). Empty = any GPU."),
+    Variable("MIN_REPLICAS", "1", "Autoscaling lower bound (0 allows scale to zero)."),
+    Variable("MAX_REPLICAS", "1", "Autoscaling upper bound, >= MIN_REPLICAS."),
+    Variable("TARGET_ONGOING_REQUESTS", "32", "Ongoing requests per replica the autoscaler aims for."),
+    Variable("MAX_MODEL_LEN", "8192", "Maximum context length. Empty = the model's own."),
+    Variable("GPU_MEMORY_UTILIZATION", "0.90", "Fraction of GPU memory vLLM may use, in (0, 1]."),
+    Variable("MAX_NUM_SEQS", "64", "Maximum sequences batched per replica."),
+    Variable("DTYPE", "auto", "Model dtype: " + ", ".join(DTYPES) + "."),
+    Variable("QUANTIZATION", "", "vLLM quantization method (awq, gptq, fp8...). Empty = none."),
+    Variable("ENGINE_KWARGS", "{}", "JSON object of extra vLLM engine arguments, merged last."),
+    Variable("VLLM_CPU_KVCACHE_SPACE", "1", "DEVICE=cpu only: KV-cache size in GiB."),
+    Variable("RAY_API_HOST", "0.0.0.0", "Address Ray Serve's HTTP server and the dashboard bind."),
+    Variable("RAY_API_PORT", "8000", "Port of the OpenAI-compatible API (Ray Serve HTTP)."),
+    Variable("RAY_DASHBOARD_PORT", "8265", "Port of the Ray dashboard."),
+    Variable("RAY_ADDRESS", "", "Existing Ray cluster to join (host:port). Empty = start one."),
+    Variable("RAY_HEAD_HOST", "", "Head node IP; with RAY_HEAD_PORT forms the address when RAY_ADDRESS is empty."),
+    Variable("RAY_HEAD_PORT", "6379", "Ray head GCS port."),
+    Variable("NGINX_HTTP_PORT", "80", "Public HTTP port of Nginx (checked against Ray's ports)."),
+    Variable("NGINX_HTTPS_PORT", "443", "Public HTTPS port of Nginx (checked against Ray's ports)."),
+    Variable("HF_TOKEN", "", "Hugging Face token (.secrets). Also read: HUGGING_FACE_HUB_TOKEN, HUGGINGFACE_TOKEN.", secret=True),
+    Variable("OPENAI_API_KEY", "", f"API key Nginx requires as 'Bearer' (.secrets). Allowed: {API_KEY_ALLOWED}.", secret=True),
+)
+DEFAULTS: dict[str, str] = {v.name: v.default for v in VARIABLES}
+
+
+class ConfigError(Exception):
+    """Every problem found in the environment, one line per variable."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_id: str
+    served_model_name: str
+    model_source: str | None
+    device: str
+    gpus_per_node: int
+    tensor_parallel_size: int
+    pipeline_parallel_size: int
+    accelerator_type: str | None
+    min_replicas: int
+    max_replicas: int
+    target_ongoing_requests: int
+    max_model_len: int | None
+    gpu_memory_utilization: float
+    max_num_seqs: int
+    dtype: str
+    quantization: str | None
+    engine_kwargs: Mapping[str, Any]
+    cpu_kvcache_gib: int
+    api_host: str
+    api_port: int
+    dashboard_port: int
+    ray_address: str | None
+    hf_token: str | None = field(default=None, repr=False)
+    openai_api_key: str | None = field(default=None, repr=False)
+
+    @property
+    def bundles_per_replica(self) -> int:
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+
+class _Reader:
+    """Reads variables, collecting every problem instead of stopping at the first."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+        self.problems: list[str] = []
+
+    def raw(self, name: str) -> str:
+        value = self.environ.get(name)
+        if value is None:
+            value = DEFAULTS.get(name, "")
+        return value.strip()
+
+    def problem(self, name: str, value: str, allowed: str) -> None:
+        self.problems.append(f"{name}={value!r} is invalid: {allowed}.")
+
+    def _parse(self, name: str, convert: Callable[[str], T], allowed: str, fallback: T) -> T:
+        value = self.raw(name)
+        try:
+            return convert(value)
+        except ValueError:
+            self.problem(name, value, allowed)
+            return fallback
+
+    def integer(self, name: str, minimum: int, maximum: int | None = None) -> int:
+        bound = f"an integer >= {minimum}" if maximum is None else f"an integer from {minimum} to {maximum}"
+
+        def convert(text: str) -> int:
+            number = int(text)
+            if number < minimum or (maximum is not None and number > maximum):
+                raise ValueError(text)
+            return number
+
+        return self._parse(name, convert, f"expected {bound}", minimum)
+
+    def optional_integer(self, name: str, minimum: int) -> int | None:
+        if not self.raw(name):
+            return None
+        return self.integer(name, minimum)
+
+    def fraction(self, name: str) -> float:
+        def convert(text: str) -> float:
+            number = float(text)
+            if not 0.0 < number <= 1.0:
+                raise ValueError(text)
+            return number
+
+        return self._parse(name, convert, "expected a number in (0, 1], e.g. 0.90", 1.0)
+
+    def choice(self, name: str, choices: tuple[str, ...], *, lower: bool = True) -> str:
+        value = self.raw(name)
+        normalized = value.lower() if lower else value.upper()
+        if normalized not in choices:
+            self.problem(name, value, "expected one of " + ", ".join(choices))
+            return choices[0]
+        return normalized
+
+    def optional(self, name: str) -> str | None:
+        return self.raw(name) or None
+
+    def json_object(self, name: str) -> dict[str, Any]:
+        value = self.raw(name) or "{}"
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError as exc:
+            self.problem(name, value, f"expected a JSON object, e.g. {{\"enable_prefix_caching\": true}} ({exc.msg})")
+            return {}
+        if not isinstance(parsed, dict):
+            self.problem(name, value, "expected a JSON object ({...}), not a " + type(parsed).__name__)
+            return {}
+        return parsed
+
+    def first_secret(self, names: tuple[str, ...]) -> str | None:
+        for name in names:
+            value = (self.environ.get(name) or "").strip()
+            if value:
+                return value
+        return None
+
+
+def resolve_ray_address(ray_address: str | None, head_host: str | None, head_port: int) -> str | None:
+    """RAY_ADDRESS wins; else RAY_HEAD_HOST:RAY_HEAD_PORT; else None (start locally)."""
+    if ray_address:
+        return ray_address
+    if head_host:
+        return f"{head_host}:{head_port}"
+    return None
+
+
+def parse_settings(environ: Mapping[str, str]) -> Settings:
+    """Build Settings from an environment mapping or raise ConfigError."""
+    r = _Reader(environ)
+
+    model_id = r.raw("MODEL_ID")
+    if not model_id:
+        r.problem("MODEL_ID", model_id, "must not be empty; set a Hugging Face id such as Qwen/Qwen2.5-1.5B-Instruct")
+    elif any(c.isspace() for c in model_id):
+        r.problem("MODEL_ID", model_id, "must not contain whitespace")
+    served = r.raw("SERVED_MODEL_NAME") or model_id
+    if any(c.isspace() for c in served):
+        r.problem("SERVED_MODEL_NAME", served, "must not contain whitespace")
+
+    device = r.choice("DEVICE", DEVICES)
+    accelerator_type = r.optional("ACCELERATOR_TYPE")
+    if device == "cpu" and accelerator_type:
+        r.problem("ACCELERATOR_TYPE", accelerator_type, "must be empty when DEVICE=cpu (it names a GPU type)")
+
+    gpus_per_node = r.integer("GPUS_PER_NODE", 1)
+    tp = r.integer("TENSOR_PARALLEL_SIZE", 1)
+    pp = r.integer("PIPELINE_PARALLEL_SIZE", 1)
+    if device == "gpu" and tp * pp > gpus_per_node:
+        r.problems.append(
+            f"TENSOR_PARALLEL_SIZE x PIPELINE_PARALLEL_SIZE = {tp} x {pp} = {tp * pp} GPUs per replica, "
+            f"but GPUS_PER_NODE={gpus_per_node}: one replica can never be scheduled. "
+            "Lower the parallel sizes or raise GPUS_PER_NODE."
+        )
+
+    min_replicas = r.integer("MIN_REPLICAS", 0)
+    max_replicas = r.integer("MAX_REPLICAS", 1)
+    if min_replicas > max_replicas:
+        r.problems.append(
+            f"MIN_REPLICAS={min_replicas} is greater than MAX_REPLICAS={max_replicas}: "
+            "expected MIN_REPLICAS <= MAX_REPLICAS."
+        )
+    if device == "gpu" and max_replicas * tp * pp > gpus_per_node:
+        r.problems.append(
+            f"MAX_REPLICAS={max_replicas} replicas x {tp * pp} GPUs each = {max_replicas * tp * pp} GPUs, "
+            f"but GPUS_PER_NODE={gpus_per_node}: the extra replicas could never be scheduled."
+        )
+
+    dtype = r.choice("DTYPE", DTYPES)
+    quantization = r.optional("QUANTIZATION")
+    if quantization and not re.fullmatch(r"[A-Za-z0-9_-]+", quantization):
+        r.problem("QUANTIZATION", quantization, "expected a vLLM quantization method name such as awq, gptq or fp8")
+
+    api_port = r.integer("RAY_API_PORT", 1, 65535)
+    dashboard_port = r.integer("RAY_DASHBOARD_PORT", 1, 65535)
+    head_port = r.integer("RAY_HEAD_PORT", 1, 65535)
+    http_port = r.integer("NGINX_HTTP_PORT", 1, 65535)
+    https_port = r.integer("NGINX_HTTPS_PORT", 1, 65535)
+    ports = {
+        "RAY_API_PORT": api_port,
+        "RAY_DASHBOARD_PORT": dashboard_port,
+        "RAY_HEAD_PORT": head_port,
+        "NGINX_HTTP_PORT": http_port,
+        "NGINX_HTTPS_PORT": https_port,
+    }
+    seen: dict[int, str] = {}
+    for name, port in ports.items():
+        if port in seen:
+            r.problems.append(f"{name}={port} clashes with {seen[port]}={port}: expected different ports.")
+        else:
+            seen[port] = name
+
+    api_key = r.first_secret(("OPENAI_API_KEY",))
+    if api_key and not API_KEY_PATTERN.fullmatch(api_key):
+        # Never echo a secret: name the variable and the rule only.
+        r.problems.append(f"OPENAI_API_KEY (value hidden) is invalid: allowed characters are {API_KEY_ALLOWED}.")
+
+    settings = Settings(
+        model_id=model_id,
+        served_model_name=served,
+        model_source=r.optional("MODEL_SOURCE"),
+        device=device,
+        gpus_per_node=gpus_per_node,
+        tensor_parallel_size=tp,
+        pipeline_parallel_size=pp,
+        accelerator_type=accelerator_type,
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        target_ongoing_requests=r.integer("TARGET_ONGOING_REQUESTS", 1),
+        max_model_len=r.optional_integer("MAX_MODEL_LEN", 1),
+        gpu_memory_utilization=r.fraction("GPU_MEMORY_UTILIZATION"),
+        max_num_seqs=r.integer("MAX_NUM_SEQS", 1),
+        dtype=dtype,
+        quantization=quantization,
+        engine_kwargs=r.json_object("ENGINE_KWARGS"),
+        cpu_kvcache_gib=r.integer("VLLM_CPU_KVCACHE_SPACE", 1),
+        api_host=r.raw("RAY_API_HOST") or "0.0.0.0",
+        api_port=api_port,
+        dashboard_port=dashboard_port,
+        ray_address=resolve_ray_address(r.optional("RAY_ADDRESS"), r.optional("RAY_HEAD_HOST"), head_port),
+        hf_token=r.first_secret(HF_TOKEN_NAMES),
+        openai_api_key=api_key,
+    )
+    if r.problems:
+        raise ConfigError(r.problems)
+    return settings
+
+
+def help_text() -> str:
+    """The variable reference printed by `deploy.py --help`."""
+    width = max(len(v.name) for v in VARIABLES)
+    lines = ["environment variables (from the environment, then .env and .secrets):"]
+    for v in VARIABLES:
+        default = "secret, from .secrets" if v.secret else f"default: {v.default or '(empty)'}"
+        lines.append(f"  {v.name:<{width}}  {v.help} [{default}]")
+    return "\n".join(lines)

@@ -28,10 +28,11 @@ pins() { grep -E '^[A-Za-z0-9]' "$1"; }
 main() {
   cd "$REPO_ROOT"
   export UV_PYTHON_DOWNLOADS=never
-  local mode="${1:-write}" out
+  local mode="${1:-write}"
   if [[ "$mode" == "--check" ]]; then
-    out="$(mktemp -d)"
-    trap 'rm -rf "$out"' EXIT
+    LOCK_TMP="$(mktemp -d)"
+    trap 'rm -rf "$LOCK_TMP"' EXIT
+    local out="$LOCK_TMP"
     # Work in a copy so uv's header names the same relative output paths.
     cp requirements*.in overrides-cpu.txt requirements-cpu.txt "$out/"
     ( cd "$out"

@@ -205,7 +205,7 @@ def parse_settings(environ: Mapping[str, str]) -> Settings:
     elif any(c.isspace() for c in model_id):
         r.problem("MODEL_ID", model_id, "must not contain whitespace")
     served = r.raw("SERVED_MODEL_NAME") or model_id
-    if any(c.isspace() for c in served):
+    if r.raw("SERVED_MODEL_NAME") and any(c.isspace() for c in served):
         r.problem("SERVED_MODEL_NAME", served, "must not contain whitespace")
 
     device = r.choice("DEVICE", DEVICES)

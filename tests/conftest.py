@@ -1,0 +1,40 @@
+"""Shared pytest setup: import path for src/, markers, and small helpers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT / "src"))
+sys.path.insert(0, str(REPO_ROOT / "tests"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "e2e: real Ray Serve LLM + vLLM (CPU) behind real Nginx")
+    config.addinivalue_line("markers", "multinode: two Ray nodes on one machine")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """A minimal environment, so the caller's shell cannot leak settings in."""
+    env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "DOCKER_CONFIG", "TMPDIR") if k in os.environ}
+    env.update(extra)
+    return env
+
+
+def run(cmd: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None,
+        timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, cwd=cwd, env=env, text=True, capture_output=True, timeout=timeout, check=False)
+
+
+def require_tool(name: str) -> str:
+    """Path of a tool the test command installs; a missing one is a failure, not a skip."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not on PATH; run the suite through scripts/test.sh, which installs it")
+    return path

@@ -1,0 +1,89 @@
+"""`docker compose config` (Compose v2's own validator) on the real compose file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from compose_support import ComposeProject
+
+
+@pytest.fixture()
+def project(tmp_path: Path) -> ComposeProject:
+    return ComposeProject(tmp_path)
+
+
+def published(service: dict[str, Any]) -> set[tuple[str, str, int]]:
+    return {(p.get("host_ip", ""), str(p["published"]), int(p["target"])) for p in service.get("ports", [])}
+
+
+def test_default_stack_from_repo_root(project: ComposeProject) -> None:
+    cfg = project.config()
+    assert cfg["name"] == "ray-llm"
+    assert set(cfg["services"]) == {"ray-serve", "nginx"}
+    serve, nginx = cfg["services"]["ray-serve"], cfg["services"]["nginx"]
+    # GPU reservation with the count from .env
+    devices = serve["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    assert serve["shm_size"] and serve["restart"] == "unless-stopped" and nginx["restart"] == "unless-stopped"
+    # Loopback-only Ray ports; Nginx is the public door.
+    assert published(serve) == {("127.0.0.1", "8000", 8000), ("127.0.0.1", "8265", 8265)}
+    assert published(nginx) == {("0.0.0.0", "80", 80), ("0.0.0.0", "443", 443)}
+    assert nginx["depends_on"]["ray-serve"]["condition"] == "service_healthy"
+    assert "healthcheck.py" in " ".join(serve["healthcheck"]["test"])
+    assert serve["healthcheck"]["start_period"] and nginx["healthcheck"]["test"]
+    assert serve["networks"].keys() == nginx["networks"].keys() == {"llm"}
+    # Model cache volume and the optional read-only models mount.
+    targets = {v["target"]: v for v in serve["volumes"]}
+    assert targets["/cache"]["type"] == "volume"
+    assert targets["/models"]["read_only"] is True
+    # Nginx renders its config from the templates, never sees the HF token.
+    assert {v["target"] for v in nginx["volumes"]} >= {"/etc/nginx/templates"}
+    assert nginx["environment"]["HF_TOKEN"] == ""
+    assert serve["environment"]["MODEL_ID"] == "Qwen/Qwen2.5-1.5B-Instruct"
+
+
+def test_missing_secrets_file_is_fine_and_present_one_is_read(project: ComposeProject) -> None:
+    assert not (project.root / ".secrets").exists()
+    cfg = project.config()
+    assert "OPENAI_API_KEY" not in cfg["services"]["ray-serve"]["environment"]
+    (project.root / ".secrets").write_text("HF_TOKEN=hf_abc\nOPENAI_API_KEY=sk-test\n")
+    cfg = project.config()
+    assert cfg["services"]["ray-serve"]["environment"]["HF_TOKEN"] == "hf_abc"
+    assert cfg["services"]["nginx"]["environment"]["OPENAI_API_KEY"] == "sk-test"
+    assert cfg["services"]["nginx"]["environment"]["HF_TOKEN"] == ""
+
+
+def test_ports_follow_env(project: ComposeProject) -> None:
+    project.set_env(NGINX_HTTP_PORT="8080", NGINX_HTTPS_PORT="8443", RAY_API_PORT="9000",
+                    RAY_DASHBOARD_PORT="9265", RAY_PUBLISH_ADDRESS="10.1.2.3", NGINX_BIND_ADDRESS="127.0.0.1",
+                    GPUS_PER_NODE="2")
+    cfg = project.config()
+    serve, nginx = cfg["services"]["ray-serve"], cfg["services"]["nginx"]
+    assert published(serve) == {("10.1.2.3", "9000", 9000), ("10.1.2.3", "9265", 9265)}
+    assert published(nginx) == {("127.0.0.1", "8080", 8080), ("127.0.0.1", "8443", 8443)}
+    assert "http://127.0.0.1:8080/healthz" in nginx["healthcheck"]["test"]
+    assert serve["deploy"]["resources"]["reservations"]["devices"][0]["count"] == 2
+
+
+def test_shell_wins_over_env_file(project: ComposeProject) -> None:
+    cfg = project.config(NGINX_HTTP_PORT="18080")
+    assert ("0.0.0.0", "18080", 18080) in published(cfg["services"]["nginx"])
+
+
+@pytest.mark.parametrize("variable", ["MODEL_ID", "RAY_API_PORT", "GPUS_PER_NODE", "NGINX_HTTP_PORT"])
+def test_missing_required_variable_fails_with_clear_message(project: ComposeProject, variable: str) -> None:
+    project.drop_env(variable)
+    out = project.compose("config")
+    assert out.returncode != 0
+    assert f"{variable} must be set in .env" in out.stderr
+
+
+def test_broken_compose_file_is_rejected(project: ComposeProject) -> None:
+    """The validator itself must be able to fail (guards against a no-op wrapper)."""
+    path = project.root / "docker" / "docker-compose.yml"
+    path.write_text(path.read_text().replace("shm_size:", "shm_sizes:", 1))
+    out = project.compose("config")
+    assert out.returncode != 0 and "shm_sizes" in out.stderr

@@ -35,7 +35,7 @@ from typing import Any
 
 # Bump whenever the output of a given seed changes (architecture, corpus,
 # tokenizer settings, init scheme): existing folders are then rebuilt.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 DEFAULT_SEED = 0
 MARKER_NAME = ".tiny-model-complete"
 
@@ -56,7 +56,8 @@ NUM_ATTENTION_HEADS = 2
 NUM_KEY_VALUE_HEADS = 1
 HEAD_DIM = 32
 INTERMEDIATE_SIZE = 128
-MAX_POSITION_EMBEDDINGS = 2048
+# Long enough for .env's MAX_MODEL_LEN (RoPE: no weights depend on it).
+MAX_POSITION_EMBEDDINGS = 32768
 ROPE_THETA = 10000.0
 RMS_NORM_EPS = 1e-5
 INIT_STD = 0.02

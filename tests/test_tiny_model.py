@@ -108,7 +108,7 @@ def test_config(models: dict[str, Path], tokenizer: Any) -> None:
         "head_dim": 32,
         "num_key_value_heads": 1,
         "intermediate_size": 128,
-        "max_position_embeddings": 2048,
+        "max_position_embeddings": 32768,
         "tie_word_embeddings": False,
     }
     assert {key: config[key] for key in expected} == expected

@@ -1,0 +1,233 @@
+#!/usr/bin/env bash
+# The whole stack without Docker: src/deploy.py (Ray Serve LLM) behind the real
+# Nginx, rendered from the same template as the Compose nginx service.
+#
+#   scripts/local-stack.sh up [serve|nginx]    start (both by default); returns
+#                                   once a real completion succeeds through Nginx
+#   scripts/local-stack.sh down [serve|nginx]  stop what `up` started (by PID)
+#   scripts/local-stack.sh status   what runs, and whether the model answers
+#   scripts/local-stack.sh logs [-f] tails of the logs
+#
+# Reads .env and .secrets like Compose does; variables already set in the shell
+# win. On a machine without an NVIDIA GPU it runs the CPU engine and, when no
+# MODEL_SOURCE is given, a tiny local model (built on first use, no download).
+# Logs, PIDs and rendered config live under .runtime/local-stack/ (gitignored).
+set -Eeuo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+STACK_DIR="${LOCAL_STACK_DIR:-$RUNTIME_DIR/local-stack}"
+VENV="${LOCAL_STACK_VENV:-$RUNTIME_DIR/venv}"
+TINY_MODEL_DIR="$RUNTIME_DIR/models/tiny-llama"
+TINY_MODEL_NAME="tiny-llama"
+UP_TIMEOUT="${LOCAL_STACK_TIMEOUT:-600}"
+NGINX_BIN="${NGINX_BIN:-nginx}"
+
+serve_pid_file() { echo "$STACK_DIR/serve.pid"; }
+nginx_pid_file() { echo "$STACK_DIR/nginx.pid"; }
+read_pid() { [[ -f "$1" ]] && cat "$1" || true; }
+
+# ----------------------------------------------------------------- config ---
+# Local adjustments come before .env so the shell still wins over both, and
+# .env wins over nothing but these defaults where noted.
+configure() {
+  # Nginx reaches Serve on loopback here (Compose uses the service name), and
+  # Serve/dashboard stay on loopback.
+  export NGINX_UPSTREAM_HOST="${NGINX_UPSTREAM_HOST_LOCAL:-127.0.0.1}"
+  : "${RAY_API_HOST:=127.0.0.1}"
+  export RAY_API_HOST
+  if [[ -z "${DEVICE:-}" ]] && ! command -v nvidia-smi >/dev/null 2>&1; then
+    export DEVICE=cpu
+    log_info "no NVIDIA GPU found: DEVICE=cpu"
+  fi
+  load_env_files "$REPO_ROOT/.env" "$REPO_ROOT/.secrets"
+  RAY_API_PORT="${RAY_API_PORT:?RAY_API_PORT must be set in .env}"
+  RAY_DASHBOARD_PORT="${RAY_DASHBOARD_PORT:?RAY_DASHBOARD_PORT must be set in .env}"
+  NGINX_HTTP_PORT="${NGINX_HTTP_PORT:?NGINX_HTTP_PORT must be set in .env}"
+  # Paths in .env are relative to docker/, as in Compose.
+  if [[ -n "${NGINX_CERTS_DIR:-}" && "$NGINX_CERTS_DIR" != /* ]]; then
+    NGINX_CERTS_DIR="$(cd "$REPO_ROOT/docker" && realpath -m "$NGINX_CERTS_DIR")"
+    export NGINX_CERTS_DIR
+  fi
+  if [[ "$DEVICE" == "cpu" && -z "${MODEL_SOURCE:-}" ]]; then
+    export MODEL_SOURCE="$TINY_MODEL_DIR"
+    [[ -n "${SERVED_MODEL_NAME:-}" ]] || export SERVED_MODEL_NAME="$TINY_MODEL_NAME"
+    export HF_HUB_OFFLINE=1
+    USING_TINY_MODEL=1
+  fi
+  CHECK_MODEL="${SERVED_MODEL_NAME:-${MODEL_ID:-}}"
+}
+
+check_port_free() { # NAME PORT
+  if (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null; then
+    die "$1=$2 is already in use on this machine; stop what uses it or set $1 to a free port"
+  fi
+}
+
+# -------------------------------------------------------------- processes ---
+# start_bg NAME PIDFILE CMD...: start CMD in its own session, logging to NAME.log.
+start_bg() {
+  local name="$1" pid_file="$2"
+  shift 2
+  setsid "$@" >>"$STACK_DIR/$name.log" 2>&1 </dev/null &
+  echo "$!" >"$pid_file"
+}
+
+# stop_session PIDFILE NAME: TERM the whole session the PID leads, then KILL
+# whatever is left after a bounded wait. Ray's daemons live in that session.
+stop_session() {
+  local pid_file="$1" name="$2" pid
+  pid="$(read_pid "$pid_file")"
+  [[ -n "$pid" ]] || return 0
+  if pid_alive "$pid"; then
+    log_info "stopping $name (session $pid)"
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    if ! wait_until "${LOCAL_STACK_STOP_TIMEOUT:-60}" "$name to stop" session_empty "$pid"; then
+      log_warn "$name did not stop in time; killing it"
+      pkill -KILL -s "$pid" 2>/dev/null || true
+      wait_until 10 "$name to die" session_empty "$pid" || true
+    fi
+  fi
+  # Stragglers that outlived their leader still carry the session id.
+  pkill -KILL -s "$pid" 2>/dev/null || true
+  rm -f "$pid_file"
+}
+
+session_empty() { ! pgrep -s "$1" >/dev/null 2>&1; }
+
+completion_ok() {
+  local auth=()
+  [[ -n "${OPENAI_API_KEY:-}" ]] && auth=(-H "Authorization: Bearer $OPENAI_API_KEY")
+  curl -fsS --max-time 30 "${auth[@]}" -H 'Content-Type: application/json' \
+    -d "{\"model\":\"$CHECK_MODEL\",\"messages\":[{\"role\":\"user\",\"content\":\"hello\"}],\"max_tokens\":4}" \
+    "http://127.0.0.1:$NGINX_HTTP_PORT/v1/chat/completions" >/dev/null
+}
+
+serve_alive() { pid_alive "$(read_pid "$(serve_pid_file)")"; }
+
+ready_or_dead() { ! serve_alive || completion_ok; }
+
+show_log_tails() {
+  local log
+  for log in "$STACK_DIR"/serve.log "$STACK_DIR"/nginx.log; do
+    [[ -f "$log" ]] || continue
+    printf '\n----- last 40 lines of %s -----\n' "$log" >&2
+    tail -n 40 "$log" >&2
+  done
+}
+
+# --------------------------------------------------------------- commands ---
+prepare() {
+  mkdir -p "$STACK_DIR"
+  configure
+  [[ -x "$VENV/bin/python" ]] || { log_info "creating the CPU venv in $VENV"; (cd "$REPO_ROOT" && ensure_cpu_venv "$VENV"); }
+  command -v "$NGINX_BIN" >/dev/null 2>&1 || die "nginx is not installed (Debian: apt-get install nginx-light gettext-base)"
+  command -v curl >/dev/null 2>&1 || die "curl is not installed"
+  # Validate everything first: exit 2 and nothing started on bad config.
+  "$VENV/bin/python" "$REPO_ROOT/src/deploy.py" --dry-run >"$STACK_DIR/resolved.json" ||
+    die "configuration is invalid (see above); nothing was started"
+}
+
+start_serve() {
+  serve_alive && die "Ray Serve is already running (scripts/local-stack.sh status)"
+  check_port_free RAY_API_PORT "$RAY_API_PORT"
+  check_port_free RAY_DASHBOARD_PORT "$RAY_DASHBOARD_PORT"
+  if [[ -n "${USING_TINY_MODEL:-}" ]]; then
+    log_info "no MODEL_SOURCE on a CPU machine: serving the tiny local model as '$SERVED_MODEL_NAME'"
+    "$VENV/bin/python" "$REPO_ROOT/scripts/make-tiny-model.py" "$TINY_MODEL_DIR" >&2
+  fi
+  : >"$STACK_DIR/serve.log"
+  log_info "starting Ray Serve LLM (logs: $STACK_DIR/serve.log)"
+  start_bg serve "$(serve_pid_file)" "$VENV/bin/python" "$REPO_ROOT/src/deploy.py"
+}
+
+start_nginx() {
+  pid_alive "$(read_pid "$(nginx_pid_file)")" && die "nginx is already running (scripts/local-stack.sh status)"
+  if ((EUID != 0)) && ((NGINX_HTTP_PORT < 1024)); then
+    die "NGINX_HTTP_PORT=$NGINX_HTTP_PORT needs root; run e.g. NGINX_HTTP_PORT=8080 scripts/local-stack.sh up"
+  fi
+  check_port_free NGINX_HTTP_PORT "$NGINX_HTTP_PORT"
+  rm -rf "$STACK_DIR/nginx" && mkdir -p "$STACK_DIR/nginx/prefix"
+  "$REPO_ROOT/scripts/render-nginx.sh" "$STACK_DIR/nginx/conf" >&2
+  local nginx_cmd=("$NGINX_BIN" -p "$STACK_DIR/nginx/prefix/" -e stderr -c "$STACK_DIR/nginx/conf/nginx.conf")
+  "${nginx_cmd[@]}" -t 2>"$STACK_DIR/nginx-test.log" || { cat "$STACK_DIR/nginx-test.log" >&2; die "nginx -t failed"; }
+  : >"$STACK_DIR/nginx.log"
+  log_info "starting nginx on port $NGINX_HTTP_PORT (logs: $STACK_DIR/nginx.log)"
+  start_bg nginx "$(nginx_pid_file)" "${nginx_cmd[@]}" -g 'daemon off;'
+}
+
+wait_ready() {
+  log_info "waiting up to ${UP_TIMEOUT}s for a completion through nginx"
+  if ! wait_until "$UP_TIMEOUT" "a completion through nginx on port $NGINX_HTTP_PORT" ready_or_dead || ! serve_alive; then
+    serve_alive || log_error "deploy.py exited before the model was ready"
+    show_log_tails
+    cmd_down
+    die "the local stack did not come up"
+  fi
+  log_info "ready: http://127.0.0.1:$NGINX_HTTP_PORT/v1 (model '$CHECK_MODEL')"
+}
+
+# up [serve|nginx]: both by default; one part to restart it alone.
+cmd_up() {
+  local part="${1:-all}"
+  prepare
+  case "$part" in
+    all) start_serve; start_nginx ;;
+    serve) start_serve; pid_alive "$(read_pid "$(nginx_pid_file)")" || start_nginx ;;
+    nginx) start_nginx ;;
+    *) die "unknown part '$part': expected serve or nginx" ;;
+  esac
+  wait_ready
+}
+
+# down [serve|nginx]: both by default.
+cmd_down() {
+  local part="${1:-all}"
+  case "$part" in
+    all) stop_session "$(nginx_pid_file)" nginx; stop_session "$(serve_pid_file)" "Ray Serve" ;;
+    serve) stop_session "$(serve_pid_file)" "Ray Serve" ;;
+    nginx) stop_session "$(nginx_pid_file)" nginx ;;
+    *) die "unknown part '$part': expected serve or nginx" ;;
+  esac
+  log_info "stopped: $part"
+}
+
+cmd_status() {
+  local name pid rc=0
+  for name in serve nginx; do
+    pid="$(read_pid "$STACK_DIR/$name.pid")"
+    if pid_alive "$pid"; then
+      echo "$name: running (pid $pid)"
+    else
+      echo "$name: stopped"
+      rc=3
+    fi
+  done
+  if ((rc == 0)); then
+    configure
+    if completion_ok; then echo "model: answering"; else echo "model: not answering yet"; rc=4; fi
+  fi
+  return "$rc"
+}
+
+cmd_logs() {
+  local logs=("$STACK_DIR/serve.log" "$STACK_DIR/nginx.log")
+  if [[ "${1:-}" == "-f" ]]; then
+    exec tail -n 50 -F "${logs[@]}"
+  fi
+  tail -n 100 "${logs[@]}"
+}
+
+main() {
+  local command="${1:-}"
+  shift || true
+  case "$command" in
+    up) cmd_up "$@" ;;
+    down) cmd_down "$@" ;;
+    status) cmd_status "$@" ;;
+    logs) cmd_logs "$@" ;;
+    *) die "usage: scripts/local-stack.sh up [serve|nginx] | down [serve|nginx] | status | logs [-f]" ;;
+  esac
+}
+
+main "$@"

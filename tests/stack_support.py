@@ -1,0 +1,85 @@
+"""Drive scripts/local-stack.sh from tests: the real engine behind real Nginx."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from conftest import REPO_ROOT
+
+SCRIPT = REPO_ROOT / "scripts" / "local-stack.sh"
+MODEL = "tiny-llama"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LocalStack:
+    """One local stack with its own ports, folder and settings."""
+
+    stack_dir: Path
+    api_key: str | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+    http_port: int = field(default_factory=free_port)
+    api_port: int = field(default_factory=free_port)
+    dashboard_port: int = field(default_factory=free_port)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "RAY_", "NGINX_"))}
+        env.update(
+            LOCAL_STACK_DIR=str(self.stack_dir),
+            NGINX_HTTP_PORT=str(self.http_port),
+            NGINX_HTTPS_PORT=str(free_port()),
+            RAY_API_PORT=str(self.api_port),
+            RAY_DASHBOARD_PORT=str(self.dashboard_port),
+            OPENAI_API_KEY=self.api_key or "",
+            DEVICE="cpu",
+            MAX_NUM_SEQS="32",
+            MAX_MODEL_LEN="2048",
+        )
+        env.update(self.extra_env)
+        return env
+
+    def run(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["bash", str(SCRIPT), *args], env=self.env(), text=True,
+                              capture_output=True, timeout=timeout, check=False)
+
+    def up(self, *parts: str) -> None:
+        out = self.run("up", *parts)
+        if out.returncode != 0:
+            raise AssertionError(f"local-stack up {' '.join(parts)} failed:\n{out.stderr[-6000:]}")
+
+    def down(self, *parts: str) -> subprocess.CompletedProcess[str]:
+        return self.run("down", *parts, timeout=180)
+
+    def log_tails(self, lines: int = 60) -> str:
+        chunks = []
+        for name in ("serve.log", "nginx.log"):
+            path = self.stack_dir / name
+            if path.exists():
+                tail = path.read_text(errors="replace").splitlines()[-lines:]
+                chunks.append(f"----- {path} (last {lines} lines) -----\n" + "\n".join(tail))
+        return "\n".join(chunks)
+
+    def session_pids(self) -> dict[str, str | None]:
+        pids: dict[str, str | None] = {}
+        for name in ("serve", "nginx"):
+            path = self.stack_dir / f"{name}.pid"
+            pids[name] = path.read_text().strip() if path.exists() else None
+        return pids
+
+
+def processes_in_session(sid: str) -> list[str]:
+    out = subprocess.run(["pgrep", "-s", sid], text=True, capture_output=True, check=False)
+    return out.stdout.split()

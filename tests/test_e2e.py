@@ -1,0 +1,250 @@
+"""End to end on CPU: src/deploy.py runs Ray Serve LLM on the CPU build of vLLM
+with the tiny local model, behind real Nginx rendered from the Compose
+template; the official openai client talks to it. Nothing is mocked.
+
+One stack is started for the module (about 1.5 to 2.5 minutes on 2 cores) and
+always torn down, with log tails printed when a test failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import openai
+import pytest
+
+from conftest import REPO_ROOT
+from stack_support import MODEL, LocalStack, free_port, processes_in_session
+
+pytestmark = [pytest.mark.e2e]
+
+API_KEY = "sk-e2e-Test_key.123"
+BODY_LIMIT = "64k"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[LocalStack]:
+    s = LocalStack(tmp_path_factory.mktemp("stack"), api_key=API_KEY,
+                   extra_env={"NGINX_CLIENT_MAX_BODY_SIZE": BODY_LIMIT})
+    failed_before = request.session.testsfailed
+    try:
+        s.up()
+        yield s
+    finally:
+        if request.session.testsfailed > failed_before:
+            print("\n" + s.log_tails())
+        pids = s.session_pids()
+        out = s.down()
+        assert out.returncode == 0, out.stderr
+        for name, pid in pids.items():
+            assert pid is None or not processes_in_session(pid), f"{name} left processes behind"
+
+
+@pytest.fixture(scope="module")
+def open_nginx(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A second Nginx from the same template, without an API key, in front of the same Serve."""
+    root = tmp_path_factory.mktemp("open-nginx")
+    port = free_port()
+    env = {**stack.env(), "OPENAI_API_KEY": "", "NGINX_HTTP_PORT": str(port), "NGINX_UPSTREAM_HOST": "127.0.0.1",
+           "NGINX_CERTS_DIR": str(root / "no-certs")}
+    subprocess.run(["bash", str(REPO_ROOT / "scripts" / "render-nginx.sh"), str(root / "conf")],
+                   env=env, check=True, capture_output=True, text=True)
+    (root / "prefix").mkdir()
+    log = (root / "nginx.log").open("w")
+    proc = subprocess.Popen(["nginx", "-p", f"{root}/prefix/", "-e", "stderr", "-c", str(root / "conf" / "nginx.conf"),
+                             "-g", "daemon off;"], stdout=log, stderr=log, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "open nginx did not start:\n" + (root / "nginx.log").read_text()
+        time.sleep(0.2)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        log.close()
+
+
+@pytest.fixture()
+def client(stack: LocalStack) -> openai.OpenAI:
+    return openai.OpenAI(base_url=stack.base_url + "/v1", api_key=API_KEY, max_retries=0, timeout=60)
+
+
+def assert_openai_error(response: httpx.Response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json"), response.headers
+    body = response.json()
+    assert isinstance(body.get("error"), dict) or "message" in body or "detail" in body, body
+    return body
+
+
+def good_request_works(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    assert reply.choices[0].message.content is not None
+
+
+def test_models_lists_served_name(client: openai.OpenAI) -> None:
+    assert MODEL in [m.id for m in client.models.list().data]
+
+
+def test_chat_completion(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say hello"}],
+                                           max_tokens=12, extra_body={"ignore_eos": True})
+    assert reply.choices[0].finish_reason == "length"
+    assert reply.usage is not None and reply.usage.completion_tokens == 12
+    assert reply.choices[0].message.content
+
+
+def test_text_completion(client: openai.OpenAI) -> None:
+    reply = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=8,
+                                      extra_body={"ignore_eos": True})
+    assert reply.choices[0].text and reply.usage is not None and reply.usage.completion_tokens == 8
+
+
+def test_chat_stream_arrives_as_a_stream(client: openai.OpenAI) -> None:
+    start = time.monotonic()
+    arrivals: list[float] = []
+    finish_reason = None
+    usage = None
+    stream = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Tell a long story"}], max_tokens=400, stream=True,
+        stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            if choice.delta.content:
+                arrivals.append(time.monotonic() - start)
+            if choice.finish_reason:
+                finish_reason = choice.finish_reason
+    assert len(arrivals) >= 5, f"only {len(arrivals)} content chunks"
+    first, last = arrivals[0], arrivals[-1]
+    # Buffering anywhere (Nginx or Serve) would deliver everything at the end.
+    assert first < 0.5 * last, f"first content chunk at {first:.3f}s, last at {last:.3f}s"
+    assert finish_reason == "length"
+    assert usage is not None and usage.completion_tokens == 400
+
+
+def test_text_completion_stream(client: openai.OpenAI) -> None:
+    texts = []
+    finish = None
+    for chunk in client.completions.create(model=MODEL, prompt="Hello", max_tokens=20, stream=True,
+                                           extra_body={"ignore_eos": True}):
+        for choice in chunk.choices:
+            texts.append(choice.text)
+            finish = choice.finish_reason or finish
+    assert "".join(texts) and finish == "length"
+
+
+def test_api_key_is_enforced(stack: LocalStack, client: openai.OpenAI) -> None:
+    url = stack.base_url + "/v1/models"
+    for headers in ({}, {"Authorization": "Bearer wrong-key"}, {"Authorization": API_KEY}):
+        body = assert_openai_error(httpx.get(url, headers=headers), 401)
+        assert body["error"]["code"] == "invalid_api_key"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=stack.base_url + "/v1", api_key="nope", max_retries=0).models.list()
+    assert httpx.get(url, headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200
+    good_request_works(client)
+
+
+def test_without_api_key_requests_go_through(open_nginx: str) -> None:
+    open_client = openai.OpenAI(base_url=open_nginx + "/v1", api_key="anything", max_retries=0)
+    good_request_works(open_client)
+    assert httpx.get(open_nginx + "/v1/models").status_code == 200
+
+
+def auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {API_KEY}"}
+
+
+def test_oversized_body_gets_413(stack: LocalStack, client: openai.OpenAI) -> None:
+    big = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x" * 100_000}]})
+    r = httpx.post(stack.base_url + "/v1/chat/completions", content=big,
+                   headers={**auth(), "Content-Type": "application/json"})
+    assert_openai_error(r, 413)
+    good_request_works(client)
+
+
+def test_malformed_json_gets_400(stack: LocalStack, client: openai.OpenAI) -> None:
+    r = httpx.post(stack.base_url + "/v1/chat/completions", content=b'{"model": "tiny-llama", "messages": [',
+                   headers={**auth(), "Content-Type": "application/json"})
+    assert_openai_error(r, 400)
+    good_request_works(client)
+
+
+def test_unknown_model_gets_404(stack: LocalStack, client: openai.OpenAI) -> None:
+    r = httpx.post(stack.base_url + "/v1/chat/completions", headers=auth(),
+                   json={"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]})
+    assert_openai_error(r, 404)
+    good_request_works(client)
+
+
+def test_health_ready_and_dashboard(stack: LocalStack) -> None:
+    health = httpx.get(stack.base_url + "/healthz")
+    assert health.status_code == 200
+    ready = httpx.get(stack.base_url + "/readyz", timeout=30)
+    assert ready.status_code == 200, ready.text
+    dashboard = httpx.get(stack.base_url + "/dashboard/", timeout=30)
+    assert dashboard.status_code == 200 and "<html" in dashboard.text.lower()
+    version = httpx.get(stack.base_url + "/dashboard/api/version", timeout=30)
+    assert version.status_code == 200 and "ray_version" in version.json()
+
+
+def test_sixteen_concurrent_streams(stack: LocalStack) -> None:
+    async def one(aclient: openai.AsyncOpenAI, i: int) -> int:
+        tokens = 0
+        finish = None
+        stream = await aclient.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": f"Story {i}"}], max_tokens=48, stream=True,
+            extra_body={"ignore_eos": True})
+        async for chunk in stream:
+            for choice in chunk.choices:
+                tokens += 1 if choice.delta.content else 0
+                finish = choice.finish_reason or finish
+        assert finish == "length", f"stream {i} ended with {finish}"
+        return tokens
+
+    async def all_streams() -> list[int]:
+        async with openai.AsyncOpenAI(base_url=stack.base_url + "/v1", api_key=API_KEY, max_retries=0,
+                                      timeout=120) as aclient:
+            return await asyncio.gather(*(one(aclient, i) for i in range(16)))
+
+    counts = asyncio.run(all_streams())
+    assert len(counts) == 16 and all(c > 0 for c in counts), counts
+
+
+def test_backend_loss_fails_fast_and_recovers(stack: LocalStack, client: openai.OpenAI) -> None:
+    nginx_pid = stack.session_pids()["nginx"]
+    out = stack.down("serve")
+    assert out.returncode == 0, out.stderr
+    start = time.monotonic()
+    r = httpx.post(stack.base_url + "/v1/chat/completions", headers=auth(), timeout=30,
+                   json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
+    elapsed = time.monotonic() - start
+    assert r.status_code in (502, 503), r.text
+    assert_openai_error(r, r.status_code)
+    assert elapsed < 10, f"took {elapsed:.1f}s to fail"
+    assert httpx.get(stack.base_url + "/readyz", timeout=30).status_code == 503
+    stack.up("serve")
+    assert stack.session_pids()["nginx"] == nginx_pid, "nginx must not be restarted"
+    good_request_works(client)
+    assert httpx.get(stack.base_url + "/readyz", timeout=30).status_code == 200
+
+
+def test_down_leaves_nothing(tmp_path: Path) -> None:
+    """`down` on a stack that is not running is harmless and says so."""
+    s = LocalStack(tmp_path)
+    out = s.down()
+    assert out.returncode == 0, out.stderr

@@ -21,7 +21,11 @@
 #     with .env's ../certs); in the container it is /etc/nginx/certs;
 #   * nginx listens on NGINX_BIND_ADDRESS (where Compose would publish)
 #     instead of every address of the container.
-# The output holds OPENAI_API_KEY, so it is written private (umask 077).
+# The output holds OPENAI_API_KEY, RAY_AUTH_TOKEN and, when the dashboard is
+# on, the envsh's dashboard.htpasswd, so its files are private (umask 077).
+# OUT_DIR itself is made traversable (711): when nginx starts as root, its
+# workers (another user) read dashboard.htpasswd there, so every folder above
+# OUT_DIR must be traversable by them too.
 set -Eeuo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -67,6 +71,7 @@ main() {
   local out_dir="$1"
   umask 077
   mkdir -p "$out_dir"
+  chmod 711 "$out_dir"
   out_dir="$(cd "$out_dir" && pwd)"
   prepare_host_env "$out_dir"
   # Step 1 then 2, in a subshell standing for the entrypoint's shell: the

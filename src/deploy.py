@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Mapping, MutableMapping, Sequence
 
@@ -62,6 +63,42 @@ def export_hf_token(environ: MutableMapping[str, str], settings: Settings) -> No
             environ[name] = settings.hf_token
 
 
+def export_ray_auth(environ: MutableMapping[str, str], settings: Settings) -> None:
+    """Use the shared cluster token when one is configured (multi-node, Nginx)."""
+    if settings.ray_auth_token:
+        environ["RAY_AUTH_MODE"] = "token"
+        environ["RAY_AUTH_TOKEN"] = settings.ray_auth_token
+
+
+def log(message: str) -> None:
+    print(f"deploy.py: {message}", file=sys.stderr, flush=True)
+
+
+def wait_for_nodes(expected: int, timeout_s: int, poll_s: float = 2.0, report_every_s: float = 10.0) -> None:
+    """Block until `expected` Ray nodes are alive, or exit 1 after timeout_s, naming who is there."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    next_report = 0.0
+    while True:
+        alive = sorted(n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive"))
+        if len(alive) >= expected:
+            log(f"{len(alive)} of {expected} nodes are up: {', '.join(alive)}")
+            return
+        now = time.monotonic()
+        missing = expected - len(alive)
+        if now >= deadline:
+            log(f"gave up after NODE_WAIT_TIMEOUT={timeout_s}s: {missing} of {expected} nodes never joined "
+                f"(joined: {', '.join(alive) or 'none'}). Check each worker's VLLM_HOST_IP, RAY_HEAD_HOST and "
+                "RAY_AUTH_TOKEN, and that the head's GCS port is reachable.")
+            raise SystemExit(1)
+        if now >= next_report:
+            log(f"waiting for {missing} more node(s) to join (joined: {', '.join(alive) or 'none'}); "
+                f"{int(deadline - now)}s left")
+            next_report = now + report_every_s
+        time.sleep(poll_s)
+
+
 def serve_forever(settings: Settings) -> None:
     """Start (or join) Ray, deploy the app and block. The only place Ray is imported."""
     import ray
@@ -69,7 +106,10 @@ def serve_forever(settings: Settings) -> None:
     from ray.serve.llm import build_openai_app
 
     ray.init(**llm_config.ray_init_kwargs(settings))
-    serve.start(http_options=llm_config.http_options(settings))
+    if settings.num_nodes > 1:
+        wait_for_nodes(settings.num_nodes, settings.node_wait_timeout_s)
+    # One Serve proxy, on the head: Nginx is the only client that needs it.
+    serve.start(proxy_location="HeadOnly", http_options=llm_config.http_options(settings))
     app = build_openai_app(llm_config.serving_args(settings))
     serve.run(app, name=llm_config.APP_NAME, route_prefix=llm_config.ROUTE_PREFIX, blocking=True)
 
@@ -90,8 +130,9 @@ def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | 
     if args.dry_run:
         print(json.dumps(resolved, indent=2, sort_keys=True))
         return 0
-    print("deploy.py: starting with " + json.dumps(resolved, sort_keys=True), file=sys.stderr, flush=True)
+    log("starting with " + json.dumps(resolved, sort_keys=True))
     export_hf_token(env, settings)
+    export_ray_auth(env, settings)
     serve_forever(settings)
     return 0
 

@@ -29,8 +29,23 @@ def engine_kwargs(s: Settings) -> dict[str, Any]:
         kwargs["max_model_len"] = s.max_model_len
     if s.quantization:
         kwargs["quantization"] = s.quantization
+    if s.spans_nodes:
+        # vLLM's multiprocessing executor is single-node; Ray's spans nodes.
+        kwargs["distributed_executor_backend"] = "ray"
     kwargs.update(s.engine_kwargs)
     return kwargs
+
+
+def placement_group_config(s: Settings) -> dict[str, Any] | None:
+    """TP x PP bundles with the configured strategy; None = Ray Serve LLM's default.
+
+    The default (PACK on one node) is kept for a single node so single-GPU
+    boxes get exactly what Ray Serve LLM would do on its own.
+    """
+    if s.num_nodes <= 1 and s.placement_strategy == "PACK":
+        return None
+    bundle = {"GPU": 1} if s.device == "gpu" else {"CPU": 1}
+    return {"bundles": [dict(bundle) for _ in range(s.bundles_per_replica)], "strategy": s.placement_strategy}
 
 
 def llm_config(s: Settings) -> dict[str, Any]:
@@ -54,6 +69,9 @@ def llm_config(s: Settings) -> dict[str, Any]:
         config["accelerator_config"] = {"kind": "cpu"}
     elif s.accelerator_type:
         config["accelerator_type"] = s.accelerator_type
+    placement = placement_group_config(s)
+    if placement is not None:
+        config["placement_group_config"] = placement
     return config
 
 
@@ -87,11 +105,13 @@ def resolved(s: Settings) -> dict[str, Any]:
     """Everything deploy.py will do, as printable data. Secrets are redacted."""
     return {
         "app": {"name": APP_NAME, "route_prefix": ROUTE_PREFIX},
+        "cluster": {"expected_nodes": s.num_nodes, "node_wait_timeout_s": s.node_wait_timeout_s},
         "serving_args": serving_args(s),
         "http_options": http_options(s),
         "ray_init": ray_init_kwargs(s),
         "secrets": {
             "HF_TOKEN": "<set, redacted>" if s.hf_token else "<unset>",
             "OPENAI_API_KEY": "<set, redacted>" if s.openai_api_key else "<unset: API open>",
+            "RAY_AUTH_TOKEN": "<set, redacted>" if s.ray_auth_token else "<unset: Ray generates one per cluster>",
         },
     }

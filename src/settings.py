@@ -60,8 +60,12 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("RAY_HEAD_PORT", "6379", "Ray head GCS port."),
     Variable("NGINX_HTTP_PORT", "80", "Public HTTP port of Nginx (checked against Ray's ports)."),
     Variable("NGINX_HTTPS_PORT", "443", "Public HTTPS port of Nginx (checked against Ray's ports)."),
+    Variable("NUM_NODES", "1", "Nodes expected in the Ray cluster (multi-node: head + workers)."),
+    Variable("PLACEMENT_STRATEGY", "PACK", "Placement of one replica's bundles: " + ", ".join(PLACEMENT_STRATEGIES) + "."),
+    Variable("NODE_WAIT_TIMEOUT", "600", "Seconds deploy.py waits for NUM_NODES nodes to join before giving up."),
     Variable("HF_TOKEN", "", "Hugging Face token (.secrets). Also read: HUGGING_FACE_HUB_TOKEN, HUGGINGFACE_TOKEN.", secret=True),
     Variable("OPENAI_API_KEY", "", f"API key Nginx requires as 'Bearer' (.secrets). Allowed: {API_KEY_ALLOWED}.", secret=True),
+    Variable("RAY_AUTH_TOKEN", "", "Ray cluster token shared by every node and Nginx (.secrets). Required for multi-node.", secret=True),
 )
 DEFAULTS: dict[str, str] = {v.name: v.default for v in VARIABLES}
 
@@ -98,12 +102,27 @@ class Settings:
     api_port: int
     dashboard_port: int
     ray_address: str | None
+    num_nodes: int = 1
+    placement_strategy: str = "PACK"
+    node_wait_timeout_s: int = 600
     hf_token: str | None = field(default=None, repr=False)
     openai_api_key: str | None = field(default=None, repr=False)
+    ray_auth_token: str | None = field(default=None, repr=False)
 
     @property
     def bundles_per_replica(self) -> int:
         return self.tensor_parallel_size * self.pipeline_parallel_size
+
+    @property
+    def spans_nodes(self) -> bool:
+        """True when one replica's bundles may land on more than one node."""
+        if self.num_nodes <= 1 or self.bundles_per_replica <= 1:
+            return False
+        if self.placement_strategy in ("SPREAD", "STRICT_SPREAD"):
+            return True
+        if self.placement_strategy == "STRICT_PACK":
+            return False
+        return self.device == "gpu" and self.bundles_per_replica > self.gpus_per_node
 
 
 class _Reader:
@@ -186,6 +205,31 @@ class _Reader:
         return None
 
 
+def schedulability_problems(device: str, gpus_per_node: int, num_nodes: int, strategy: str,
+                            tp: int, pp: int, max_replicas: int) -> list[str]:
+    """Configurations Ray could never schedule (they would stay pending forever)."""
+    problems: list[str] = []
+    bundles = tp * pp
+    shape = f"TENSOR_PARALLEL_SIZE x PIPELINE_PARALLEL_SIZE = {tp} x {pp} = {bundles} bundles per replica"
+    if strategy == "STRICT_SPREAD" and bundles > num_nodes:
+        problems.append(f"PLACEMENT_STRATEGY=STRICT_SPREAD puts each bundle on its own node, but {shape} "
+                        f"and NUM_NODES={num_nodes}. Use PACK or SPREAD, or add nodes.")
+    if device != "gpu":
+        return problems
+    cluster_gpus = gpus_per_node * num_nodes
+    if strategy == "STRICT_PACK" and bundles > gpus_per_node:
+        problems.append(f"PLACEMENT_STRATEGY=STRICT_PACK keeps a replica on one node, but {shape} "
+                        f"and GPUS_PER_NODE={gpus_per_node}.")
+    if bundles > cluster_gpus:
+        problems.append(f"{shape} (1 GPU each), but the cluster has GPUS_PER_NODE x NUM_NODES = "
+                        f"{gpus_per_node} x {num_nodes} = {cluster_gpus} GPUs: one replica can never be scheduled.")
+    elif max_replicas * bundles > cluster_gpus:
+        problems.append(f"MAX_REPLICAS={max_replicas} replicas x {bundles} GPUs each = {max_replicas * bundles} GPUs, "
+                        f"but the cluster has {cluster_gpus} GPUs (GPUS_PER_NODE x NUM_NODES): the extra replicas "
+                        "could never be scheduled.")
+    return problems
+
+
 def resolve_ray_address(ray_address: str | None, head_host: str | None, head_port: int) -> str | None:
     """RAY_ADDRESS wins; else RAY_HEAD_HOST:RAY_HEAD_PORT; else None (start locally)."""
     if ray_address:
@@ -214,15 +258,10 @@ def parse_settings(environ: Mapping[str, str]) -> Settings:
         r.problem("ACCELERATOR_TYPE", accelerator_type, "must be empty when DEVICE=cpu (it names a GPU type)")
 
     gpus_per_node = r.integer("GPUS_PER_NODE", 1)
+    num_nodes = r.integer("NUM_NODES", 1)
+    strategy = r.choice("PLACEMENT_STRATEGY", PLACEMENT_STRATEGIES, lower=False)
     tp = r.integer("TENSOR_PARALLEL_SIZE", 1)
     pp = r.integer("PIPELINE_PARALLEL_SIZE", 1)
-    if device == "gpu" and tp * pp > gpus_per_node:
-        r.problems.append(
-            f"TENSOR_PARALLEL_SIZE x PIPELINE_PARALLEL_SIZE = {tp} x {pp} = {tp * pp} GPUs per replica, "
-            f"but GPUS_PER_NODE={gpus_per_node}: one replica can never be scheduled. "
-            "Lower the parallel sizes or raise GPUS_PER_NODE."
-        )
-
     min_replicas = r.integer("MIN_REPLICAS", 0)
     max_replicas = r.integer("MAX_REPLICAS", 1)
     if min_replicas > max_replicas:
@@ -230,11 +269,7 @@ def parse_settings(environ: Mapping[str, str]) -> Settings:
             f"MIN_REPLICAS={min_replicas} is greater than MAX_REPLICAS={max_replicas}: "
             "expected MIN_REPLICAS <= MAX_REPLICAS."
         )
-    if device == "gpu" and max_replicas * tp * pp > gpus_per_node:
-        r.problems.append(
-            f"MAX_REPLICAS={max_replicas} replicas x {tp * pp} GPUs each = {max_replicas * tp * pp} GPUs, "
-            f"but GPUS_PER_NODE={gpus_per_node}: the extra replicas could never be scheduled."
-        )
+    r.problems.extend(schedulability_problems(device, gpus_per_node, num_nodes, strategy, tp, pp, max_replicas))
 
     dtype = r.choice("DTYPE", DTYPES)
     quantization = r.optional("QUANTIZATION")
@@ -261,9 +296,16 @@ def parse_settings(environ: Mapping[str, str]) -> Settings:
             seen[port] = name
 
     api_key = r.first_secret(("OPENAI_API_KEY",))
-    if api_key and not API_KEY_PATTERN.fullmatch(api_key):
-        # Never echo a secret: name the variable and the rule only.
-        r.problems.append(f"OPENAI_API_KEY (value hidden) is invalid: allowed characters are {API_KEY_ALLOWED}.")
+    ray_token = r.first_secret(("RAY_AUTH_TOKEN",))
+    for name, secret in (("OPENAI_API_KEY", api_key), ("RAY_AUTH_TOKEN", ray_token)):
+        if secret and not API_KEY_PATTERN.fullmatch(secret):
+            # Never echo a secret: name the variable and the rule only.
+            r.problems.append(f"{name} (value hidden) is invalid: allowed characters are {API_KEY_ALLOWED}.")
+    if num_nodes > 1 and not ray_token:
+        r.problems.append(
+            f"NUM_NODES={num_nodes} but RAY_AUTH_TOKEN is empty: every node of a multi-node cluster must share "
+            "one Ray token (set it in .secrets on each node)."
+        )
 
     settings = Settings(
         model_id=model_id,
@@ -288,8 +330,12 @@ def parse_settings(environ: Mapping[str, str]) -> Settings:
         api_port=api_port,
         dashboard_port=dashboard_port,
         ray_address=resolve_ray_address(r.optional("RAY_ADDRESS"), r.optional("RAY_HEAD_HOST"), head_port),
+        num_nodes=num_nodes,
+        placement_strategy=strategy,
+        node_wait_timeout_s=r.integer("NODE_WAIT_TIMEOUT", 1),
         hf_token=r.first_secret(HF_TOKEN_NAMES),
         openai_api_key=api_key,
+        ray_auth_token=ray_token,
     )
     if r.problems:
         raise ConfigError(r.problems)

@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -98,6 +99,51 @@ def make_cert(directory: Path) -> Path:
     return directory
 
 
+def worker_traversable_dir(prefix: str) -> Path:
+    """A new folder below the system temp folder that nginx's workers can traverse.
+
+    When the tests run as root, nginx's workers run as another user (nobody on
+    Debian) and open dashboard.htpasswd in the rendered folder per request:
+    every folder above it must be traversable (pytest's tmp_path is 0700).
+    The caller removes it."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o711)
+    return path
+
+
+def raw_http(port: int, data: bytes, timeout: float = 5.0) -> tuple[str, dict[str, str], bytes]:
+    """Send DATA as is on a new connection; return the status line, the headers
+    (lower-case names) and the body (by Content-Length, else up to EOF)."""
+    raw = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        length: int | None = None
+        head = b""
+        while True:
+            if length is None and b"\r\n\r\n" in raw:
+                head = raw.split(b"\r\n\r\n", 1)[0]
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value.strip())
+            if length is not None and len(raw) - len(head) - 4 >= length:
+                break
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return lines[0], headers, body
+
+
 def wait_for(what: str, check: Callable[[], bool], timeout: float = 10.0) -> None:
     """Poll CHECK (bounded) until true; fail with WHAT."""
     deadline = time.monotonic() + timeout
@@ -127,6 +173,8 @@ class _Server(ThreadingHTTPServer):
         self.kind = kind
         self.ready = True
         self.seen: list[Seen] = []
+        # Set to let /v1/hang (an upstream that never answers) return.
+        self.release = threading.Event()
         self.lock = threading.Lock()
         self.connections: set[socket.socket] = set()
 
@@ -208,6 +256,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, f"<html><body>ray dashboard {self.path}</body></html>".encode(), "text/html")
         elif self.path == "/v1/models":
             self._json(200, {"object": "list", "data": [{"id": "test-model", "object": "model"}]})
+        elif self.path == "/v1/hang":
+            self.server.release.wait(timeout=30)  # bounded; stop() releases it
+            if self.server.release.is_set():
+                return
+            self._json(200, {"late": True})
         else:
             self._json(404, {"error": {"message": "upstream: no such route", "code": "upstream_404"}})
 
@@ -247,6 +300,7 @@ class FakeUpstream:
         if not self.running:
             return
         self.running = False
+        self.server.release.set()
         self.server.shutdown()
         self.server.server_close()
         with self.server.lock:

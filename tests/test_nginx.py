@@ -10,6 +10,7 @@ import re
 import shutil
 import socket
 import ssl
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -29,7 +30,10 @@ from nginx_support import (
     base_env,
     make_cert,
     nginx_test,
+    raw_http,
     render,
+    wait_for,
+    worker_traversable_dir,
 )
 
 pytestmark = pytest.mark.skipif(
@@ -39,6 +43,12 @@ pytestmark = pytest.mark.skipif(
 
 API_KEY = "sk-test.Key+42/abc=_~"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
+DASH_USER = "ops admin"
+# Spaces, quotes, $, %, braces and '#': written to the password file as is.
+DASH_PASSWORD = "p4ss w0rd\"'$x%s{y}#z"
+RAY_TOKEN = "ray-token.0123456789abcdef_~+/="
+DASH_ENV = {"NGINX_DASHBOARD_USER": DASH_USER, "NGINX_DASHBOARD_PASSWORD": DASH_PASSWORD,
+            "RAY_AUTH_TOKEN": RAY_TOKEN}
 OUR_VARS = re.compile(r"\$\{?(NGINX_|RAY_|OPENAI_)[A-Z_]*")
 
 _STACKS: list[NginxStack] = []
@@ -90,6 +100,19 @@ def fresh_stack(tmp_path: Path) -> Iterator[NginxStack]:
     _stop(stack)
 
 
+@pytest.fixture(scope="module")
+def dashboard_stack() -> Iterator[NginxStack]:
+    """Dashboard on (user, password, Ray token), API key set. In a folder nginx's
+    workers can reach: they read the password file."""
+    tmp = worker_traversable_dir("ray-llm-nginx-dashboard-")
+    try:
+        stack = _start(tmp, OPENAI_API_KEY=API_KEY, **DASH_ENV)
+        yield stack
+        _stop(stack)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def assert_json_error(response: httpx.Response, status: int, code: str | None = None) -> dict:
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/json"
@@ -110,9 +133,12 @@ def _render_ok(tmp_path: Path, **overrides: str) -> str:
     checked = nginx_test(out, tmp_path / "prefix")
     assert checked.returncode == 0, checked.stderr
     text = (out / "nginx.conf").read_text()
-    for name in ("nginx.conf", "https.conf"):
-        leftover = OUR_VARS.search((out / name).read_text())
-        assert leftover is None, f"{name}: unrendered {leftover.group(0)}"
+    rendered_files = sorted(out.glob("*.conf"))
+    assert {f.name for f in rendered_files} >= {"nginx.conf", "https.conf", "error-pages.conf",
+                                                "dashboard-on.conf", "dashboard-off.conf"}
+    for path in rendered_files:
+        leftover = OUR_VARS.search(path.read_text())
+        assert leftover is None, f"{path.name}: unrendered {leftover.group(0)}"
     # nginx's own variables must survive envsubst.
     assert "$host;" in text and "default $request_id;" in text and "$http_authorization" in text
     return text
@@ -124,6 +150,29 @@ def test_render_defaults_passes_nginx_t(tmp_path: Path) -> None:
     assert re.search(r"^\s*default 1;", text, re.M), "no key: the API must be open"
     assert 'include "/dev/null";' in text, "no certificates: no HTTPS"
     assert "client_max_body_size 10m;" in text and "proxy_read_timeout 600s;" in text
+    assert "client_header_timeout 15s;" in text and "client_body_timeout 30s;" in text
+    # Limits off: empty zone keys, placeholder rate and count.
+    assert re.search(r'map "0" \$ray_llm_rate_key', text) and re.search(r'map "0" \$ray_llm_conn_key', text)
+    assert "rate=1r/s;" in text and "limit_conn ray_llm_api_conn 1;" in text
+    # Dashboard off: nothing proxied to it, no password file.
+    assert "include dashboard-off.conf;" in text
+    assert not (tmp_path / "conf" / "dashboard.htpasswd").exists()
+
+
+def test_render_with_limits_and_dashboard(tmp_path: Path) -> None:
+    out = tmp_path / "conf"
+    text = _render_ok(tmp_path, NGINX_RATE_LIMIT="600r/m", NGINX_RATE_BURST="5", NGINX_CONN_LIMIT="4",
+                      NGINX_CLIENT_HEADER_TIMEOUT="3s", **DASH_ENV)
+    assert re.search(r'map "1" \$ray_llm_rate_key', text) and re.search(r'map "1" \$ray_llm_conn_key', text)
+    assert "rate=600r/m;" in text and "burst=5 nodelay;" in text and "limit_conn ray_llm_api_conn 4;" in text
+    assert "client_header_timeout 3s;" in text and "include dashboard-on.conf;" in text
+    assert f'proxy_set_header Authorization "Bearer {RAY_TOKEN}";' in (out / "dashboard-on.conf").read_text()
+    htpasswd = out / "dashboard.htpasswd"
+    assert htpasswd.read_bytes() == f"{DASH_USER}:{{PLAIN}}{DASH_PASSWORD}\n".encode()
+    assert stat.S_IMODE(htpasswd.stat().st_mode) == 0o600
+    # Rendered again with the dashboard off: the password file goes away.
+    assert render(out, base_env()).returncode == 0
+    assert not htpasswd.exists() and "include dashboard-off.conf;" in (out / "nginx.conf").read_text()
 
 
 def test_render_with_key_and_workers(tmp_path: Path) -> None:
@@ -168,10 +217,36 @@ def test_bad_key_is_refused_without_echoing_it(tmp_path: Path, bad_key: str) -> 
     ("NGINX_WORKER_PROCESSES", "many"), ("NGINX_HTTP_PORT", "80;"), ("RAY_API_PORT", "70000"),
     ("NGINX_CLIENT_MAX_BODY_SIZE", "10 m"), ("NGINX_PROXY_READ_TIMEOUT", "soon"),
     ("NGINX_UPSTREAM_HOST", "ray-serve;evil"), ("NGINX_UPSTREAM_HOST", ""),
+    ("NGINX_RATE_LIMIT", "10/s"), ("NGINX_RATE_LIMIT", "fast"), ("NGINX_RATE_LIMIT", "0r/s"),
+    ("NGINX_RATE_LIMIT", "10r/s;"), ("NGINX_RATE_BURST", "-1"), ("NGINX_CONN_LIMIT", "two"),
+    ("NGINX_CLIENT_HEADER_TIMEOUT", "soon"), ("NGINX_CLIENT_BODY_TIMEOUT", "1 m"),
 ])
 def test_bad_setting_is_refused(tmp_path: Path, name: str, value: str) -> None:
     rendered = render(tmp_path / "conf", base_env(**{name: value}))
     assert rendered.returncode != 0 and name in rendered.stderr, rendered.stderr
+
+
+@pytest.mark.parametrize("overrides, named", [
+    ({"RAY_AUTH_TOKEN": ""}, "RAY_AUTH_TOKEN"),
+    ({"NGINX_DASHBOARD_PASSWORD": ""}, "NGINX_DASHBOARD_PASSWORD"),
+    ({"NGINX_DASHBOARD_USER": ""}, "NGINX_DASHBOARD_USER"),
+    ({"NGINX_DASHBOARD_USER": "ops:admin"}, "NGINX_DASHBOARD_USER"),
+    ({"NGINX_DASHBOARD_USER": "ops\nadmin"}, "NGINX_DASHBOARD_USER"),
+    # Nginx's password file would silently check only what comes before ':'.
+    ({"NGINX_DASHBOARD_PASSWORD": DASH_PASSWORD + ":more"}, "NGINX_DASHBOARD_PASSWORD"),
+    ({"NGINX_DASHBOARD_PASSWORD": DASH_PASSWORD + "\nmore"}, "NGINX_DASHBOARD_PASSWORD"),
+    ({"NGINX_DASHBOARD_PASSWORD": DASH_PASSWORD + "\rmore"}, "NGINX_DASHBOARD_PASSWORD"),
+    ({"RAY_AUTH_TOKEN": RAY_TOKEN + '";evil'}, "RAY_AUTH_TOKEN"),
+], ids=["no-token", "no-password", "no-user", "colon-user", "newline-user", "colon-password",
+        "newline-password", "cr-password", "bad-token"])
+def test_dashboard_misconfiguration_is_refused(tmp_path: Path, overrides: dict[str, str], named: str) -> None:
+    env = base_env(**{**DASH_ENV, **overrides})
+    rendered = render(tmp_path / "conf", env)
+    assert rendered.returncode != 0 and named in rendered.stderr, rendered.stderr
+    output = rendered.stderr + rendered.stdout
+    assert DASH_PASSWORD not in output and RAY_TOKEN not in output  # never printed, even in part
+    assert not (tmp_path / "conf" / "nginx.conf").exists()
+    assert not (tmp_path / "conf" / "dashboard.htpasswd").exists()
 
 
 def _entrypoint(shell: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -193,6 +268,22 @@ def test_bad_key_stops_the_official_entrypoint(shell: list[str]) -> None:
     good = _entrypoint(shell, base_env(OPENAI_API_KEY=API_KEY))
     assert good.returncode == 0 and "STARTED" in good.stdout, good.stderr
     assert "NGINX_API_AUTH_OPEN=0" in good.stdout.splitlines()  # exported to later scripts
+
+
+@pytest.mark.parametrize("shell", [["sh"], ["busybox", "sh"]], ids=["sh", "busybox"])
+def test_dashboard_envsh_in_the_official_entrypoint(shell: list[str], tmp_path: Path) -> None:
+    """The dashboard checks and the password file, in the shells the image has."""
+    if shutil.which(shell[0]) is None:
+        pytest.skip(f"{shell[0]} is not installed")
+    out = tmp_path / "out"
+    out.mkdir()
+    good = _entrypoint(shell, base_env(NGINX_ENVSUBST_OUTPUT_DIR=str(out), **DASH_ENV))
+    assert good.returncode == 0 and "STARTED" in good.stdout, good.stderr
+    assert "NGINX_DASHBOARD_INCLUDE=dashboard-on.conf" in good.stdout.splitlines()
+    assert (out / "dashboard.htpasswd").read_text() == f"{DASH_USER}:{{PLAIN}}{DASH_PASSWORD}\n"
+    bad = _entrypoint(shell, base_env(NGINX_ENVSUBST_OUTPUT_DIR=str(out), **{**DASH_ENV, "RAY_AUTH_TOKEN": ""}))
+    assert bad.returncode != 0 and "STARTED" not in bad.stdout and "RAY_AUTH_TOKEN" in bad.stderr
+    assert DASH_PASSWORD not in bad.stderr
 
 
 # --- Real traffic ---------------------------------------------------------------------
@@ -316,17 +407,59 @@ def test_readyz_exercises_the_model(secured: NginxStack) -> None:
             secured.api.set_ready(True)
 
 
-def test_dashboard(secured: NginxStack) -> None:
-    assert secured.dashboard is not None
-    with secured.client() as client:
-        redirect = client.get(secured.url + "/dashboard")
-        page = client.get(secured.url + "/dashboard/")
-        api = client.get(secured.url + "/dashboard/api/version")
-        post = client.post(secured.url + "/dashboard/api/jobs/", json={"entrypoint": "rm -rf /"})
-    assert redirect.status_code == 301 and redirect.headers["location"] == "/dashboard/"
+def test_dashboard_is_off_by_default(open_stack: NginxStack) -> None:
+    assert open_stack.dashboard is not None
+    basic = httpx.BasicAuth(DASH_USER, DASH_PASSWORD)
+    with open_stack.client() as client:
+        for path in ("/dashboard", "/dashboard/", "/dashboard/api/version"):
+            for auth in (None, basic):
+                body = assert_json_error(client.get(open_stack.url + path, auth=auth), 404, "dashboard_disabled")
+                assert "NGINX_DASHBOARD_USER" in body["error"]["message"]
+        assert_json_error(client.post(open_stack.url + "/dashboard/api/jobs/", json={}), 404, "dashboard_disabled")
+    assert open_stack.dashboard.seen == []
+
+
+def test_dashboard_needs_basic_auth_and_gets_ray_token(dashboard_stack: NginxStack) -> None:
+    stack = dashboard_stack
+    assert stack.dashboard is not None
+    url = stack.url + "/dashboard/api/version"
+    with stack.client() as client:
+        for auth, headers in ((None, {}), (httpx.BasicAuth(DASH_USER, "wrong"), {}),
+                              (httpx.BasicAuth(DASH_USER, DASH_PASSWORD[:-1]), {}),
+                              (httpx.BasicAuth(DASH_USER.upper(), DASH_PASSWORD), {}),
+                              (None, AUTH), (None, {"Authorization": f"Bearer {RAY_TOKEN}"})):
+            r = client.get(url, auth=auth, headers=headers)
+            assert_json_error(r, 401, "invalid_dashboard_credentials")
+            assert r.headers.get_list("www-authenticate") == ['Basic realm="Ray dashboard"']
+            assert r.headers["x-request-id"]
+        assert stack.dashboard.seen == [], "rejected requests must not reach the dashboard"
+        r = client.get(url, auth=httpx.BasicAuth(DASH_USER, DASH_PASSWORD))
+        page = client.get(stack.url + "/dashboard/", auth=httpx.BasicAuth(DASH_USER, DASH_PASSWORD))
+        redirect = client.get(stack.url + "/dashboard")
+    assert r.status_code == 200 and "ray dashboard /api/version" in r.text, r.text
     assert page.status_code == 200 and "ray dashboard /" in page.text
-    assert api.status_code == 200 and secured.dashboard.seen[-1].path == "/api/version"
-    assert_json_error(post, 403)  # read-only: no job submission through the proxy
+    # Ray's token replaces the basic-auth credentials upstream.
+    assert r.headers["x-upstream-saw-authorization"] == f"Bearer {RAY_TOKEN}"
+    seen = stack.dashboard.seen
+    assert [x.headers["authorization"] for x in seen] == [f"Bearer {RAY_TOKEN}"] * 2
+    assert not any("Basic" in x.headers["authorization"] for x in seen)
+    # The redirect has a JSON body too.
+    assert_json_error(redirect, 301, "moved_permanently")
+    assert redirect.headers["location"] == "/dashboard/"
+
+
+def test_dashboard_is_read_only(dashboard_stack: NginxStack) -> None:
+    stack = dashboard_stack
+    assert stack.dashboard is not None
+    before = len(stack.dashboard.seen)
+    with stack.client() as client:
+        for method in ("POST", "PUT", "DELETE", "PATCH"):
+            r = client.request(method, stack.url + "/dashboard/api/jobs/", json={"entrypoint": "rm -rf /"},
+                               auth=httpx.BasicAuth(DASH_USER, DASH_PASSWORD))
+            assert_json_error(r, 403, "forbidden")
+        anonymous = client.post(stack.url + "/dashboard/api/jobs/", json={"entrypoint": "rm -rf /"})
+    assert anonymous.status_code in (401, 403) and anonymous.json()["error"]
+    assert len(stack.dashboard.seen) == before
 
 
 def test_https_when_certs_exist(secured: NginxStack) -> None:
@@ -338,8 +471,9 @@ def test_https_when_certs_exist(secured: NginxStack) -> None:
         api = client.get(secured.https_url + "/v1/models", headers=AUTH)
     assert r.status_code == 200 and r.json() == {"status": "ok"}
     assert api.status_code == 200
-    with httpx.Client(trust_env=False, timeout=10) as client:  # plain HTTP to the HTTPS port
-        assert_json_error(client.get(f"http://127.0.0.1:{secured.env['NGINX_HTTPS_PORT']}/healthz"), 400)
+    with httpx.Client(trust_env=False, timeout=10) as client:  # plain HTTP to the HTTPS port (497)
+        assert_json_error(client.get(f"http://127.0.0.1:{secured.env['NGINX_HTTPS_PORT']}/healthz"), 400,
+                          "http_to_https_port")
 
 
 def test_upstream_down_fails_fast_with_json(fresh_stack: NginxStack) -> None:
@@ -356,3 +490,123 @@ def test_upstream_down_fails_fast_with_json(fresh_stack: NginxStack) -> None:
         assert_json_error(client.post(fresh_stack.url + "/v1/chat/completions", json={}), 502)
         assert_json_error(client.get(fresh_stack.url + "/readyz"), 503, "model_not_ready")
         assert client.get(fresh_stack.url + "/healthz").status_code == 200
+
+
+# --- Every error Nginx makes is JSON ------------------------------------------------
+
+def _assert_raw_json_error(answer: tuple[str, dict[str, str], bytes], status: int, code: str) -> None:
+    status_line, headers, body = answer
+    assert status_line.startswith(f"HTTP/1.1 {status}"), answer
+    assert headers["content-type"] == "application/json", answer
+    error = json.loads(body)["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["code"] == code, body
+
+
+@pytest.mark.parametrize("request_bytes, status, code", [
+    (b"GARBAGE\r\n\r\n", 400, "bad_request"),  # no request line to speak of
+    (b"GET /healthz HTTP/1.1\r\nHost: \x01bad\r\n\r\n", 400, "bad_request"),
+    (b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "uri_too_long"),
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", 431,
+     "request_header_too_large"),
+    (b"GET /healthz HTTP/2.0\r\nHost: x\r\n\r\n", 505, "http_version_not_supported"),
+    (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501,
+     "not_implemented"),
+    (b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 401, "invalid_api_key"),
+    (b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 404, "not_found"),
+    (b"TRACE /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 405, "method_not_allowed"),
+    (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + API_KEY.encode()
+     + b"\r\nContent-Length: 4096\r\nConnection: close\r\n\r\n" + b"x" * 4096, 413, "request_too_large"),
+    (b"GET /v1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 301, "moved_permanently"),
+], ids=["400-request-line", "400-header", "414", "431", "505", "501", "401", "404", "405", "413", "301"])
+def test_nginx_errors_are_json(secured: NginxStack, request_bytes: bytes, status: int, code: str) -> None:
+    _assert_raw_json_error(raw_http(int(secured.env["NGINX_HTTP_PORT"]), request_bytes), status, code)
+
+
+def test_upstream_timeout_is_504_json(tmp_path: Path) -> None:
+    stack = _start(tmp_path, OPENAI_API_KEY="", NGINX_PROXY_READ_TIMEOUT="1s")
+    try:
+        started = time.monotonic()
+        with stack.client() as client:
+            r = client.get(stack.url + "/v1/hang")
+        assert_json_error(r, 504, "upstream_timeout")
+        assert time.monotonic() - started < 5
+    finally:
+        _stop(stack)
+
+
+# --- Rate and connection limits ---------------------------------------------------------
+
+def test_rate_limit_answers_429_json(tmp_path: Path) -> None:
+    stack = _start(tmp_path, OPENAI_API_KEY=API_KEY, NGINX_RATE_LIMIT="2r/s", NGINX_RATE_BURST="1")
+    try:
+        with stack.client() as client:
+            answers = [client.get(stack.url + "/v1/models", headers=AUTH) for _ in range(10)]
+            codes = [r.status_code for r in answers]
+            assert set(codes) == {200, 429} and codes[0] == 200 and codes.count(200) <= 3, codes
+            for r in answers:
+                if r.status_code == 429:
+                    assert assert_json_error(r, 429, "rate_limit_exceeded")["error"]["type"] == "rate_limit_error"
+            # Unauthenticated requests are refused before the limit (not counted, not 429).
+            assert client.get(stack.url + "/v1/models").status_code == 401
+            # The bucket drains at 2 requests per second.
+            wait_for("a request under the rate limit",
+                     lambda: client.get(stack.url + "/v1/models", headers=AUTH).status_code == 200, timeout=3)
+    finally:
+        _stop(stack)
+
+
+def test_no_limits_by_default(open_stack: NginxStack) -> None:
+    with open_stack.client() as client:
+        codes = [client.get(open_stack.url + "/v1/models").status_code for _ in range(30)]
+        with open_stack.client() as other, other.stream(
+                "POST", open_stack.url + "/v1/chat/completions", json={"stream": True}) as stream:
+            assert stream.status_code == 200
+            concurrent = client.get(open_stack.url + "/v1/models").status_code
+    assert codes == [200] * 30 and concurrent == 200
+
+
+def test_connection_limit_answers_429_json(tmp_path: Path) -> None:
+    stack = _start(tmp_path, OPENAI_API_KEY="", NGINX_CONN_LIMIT="1")
+    try:
+        with stack.client() as first, stack.client() as second:
+            with first.stream("POST", stack.url + "/v1/chat/completions", json={"stream": True}) as stream:
+                assert stream.status_code == 200
+                r = second.get(stack.url + "/v1/models")
+                assert assert_json_error(r, 429, "rate_limit_exceeded")["error"]["type"] == "rate_limit_error"
+                events = [line for line in stream.iter_lines() if line.startswith("data:")]
+            assert len(events) == SSE_EVENTS + 1
+            # The stream is over: its slot is free again.
+            wait_for("the connection slot to be free",
+                     lambda: second.get(stack.url + "/v1/models").status_code == 200, timeout=3)
+    finally:
+        _stop(stack)
+
+
+# --- Slow clients -----------------------------------------------------------------------
+
+def test_slow_loris_is_cut_off(tmp_path: Path) -> None:
+    """Headers sent one byte every 2 s: cut off at client_header_timeout (3 s here),
+    which bounds the whole header, however steadily the bytes come."""
+    header_timeout = 3.0
+    stack = _start(tmp_path, OPENAI_API_KEY="", NGINX_CLIENT_HEADER_TIMEOUT=f"{int(header_timeout)}s")
+    try:
+        trickle = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 20
+        started = time.monotonic()
+        cut_off_after = None
+        with socket.create_connection(("127.0.0.1", int(stack.env["NGINX_HTTP_PORT"])), timeout=5) as sock:
+            sock.settimeout(2.0)  # the pace: one byte, then up to 2 s waiting for nginx to give up
+            for byte in trickle[:12]:  # bounded: 12 bytes = 24 s at most
+                try:
+                    sock.sendall(bytes([byte]))
+                    answer = sock.recv(4096)
+                except socket.timeout:
+                    continue
+                except OSError:  # reset (reset_timedout_connection) or broken pipe
+                    answer = b""
+                assert answer == b"", f"nginx answered {answer!r}"  # closed without answering
+                cut_off_after = time.monotonic() - started
+                break
+        assert cut_off_after is not None, "nginx kept a slow-loris connection open"
+        assert header_timeout - 0.5 <= cut_off_after <= header_timeout + 2.5, cut_off_after
+    finally:
+        _stop(stack)

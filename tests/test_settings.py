@@ -82,11 +82,42 @@ def test_clashing_ports() -> None:
     assert "clashes with RAY_API_PORT" in problems(NGINX_HTTP_PORT="8000")[0]
 
 
-def test_replica_larger_than_the_node_is_refused() -> None:
+def test_replica_larger_than_the_cluster_is_refused() -> None:
     found = problems(TENSOR_PARALLEL_SIZE="4", GPUS_PER_NODE="2")
-    assert any("4 GPUs per replica, but GPUS_PER_NODE=2" in p for p in found)
+    assert found == ["TENSOR_PARALLEL_SIZE x PIPELINE_PARALLEL_SIZE = 4 x 1 = 4 bundles per replica (1 GPU each), "
+                     "but the cluster has GPUS_PER_NODE x NUM_NODES = 2 x 1 = 2 GPUs: one replica can never be "
+                     "scheduled."]
     found = problems(MAX_REPLICAS="3", GPUS_PER_NODE="2")
-    assert any("MAX_REPLICAS=3" in p and "could never be scheduled" in p for p in found)
+    assert len(found) == 1 and "MAX_REPLICAS=3" in found[0] and "could never be scheduled" in found[0]
+    # Two nodes of two GPUs hold TP=4, but not two such replicas.
+    multi = {"NUM_NODES": "2", "GPUS_PER_NODE": "2", "TENSOR_PARALLEL_SIZE": "4", "RAY_AUTH_TOKEN": "t"}
+    assert parse_settings(env(**multi)).spans_nodes
+    assert "MAX_REPLICAS=2" in problems(**multi, MAX_REPLICAS="2")[0]
+
+
+def test_placement_strategy_rules() -> None:
+    base = {"NUM_NODES": "2", "GPUS_PER_NODE": "1", "RAY_AUTH_TOKEN": "t"}
+    found = problems(**{**base, "PLACEMENT_STRATEGY": "STRICT_SPREAD", "TENSOR_PARALLEL_SIZE": "3", "GPUS_PER_NODE": "2"})
+    assert any(p.startswith("PLACEMENT_STRATEGY=STRICT_SPREAD") and "NUM_NODES=2" in p for p in found), found
+    found = problems(**{**base, "GPUS_PER_NODE": "2", "PLACEMENT_STRATEGY": "STRICT_PACK", "TENSOR_PARALLEL_SIZE": "4"})
+    assert any(p.startswith("PLACEMENT_STRATEGY=STRICT_PACK") for p in found), found
+    assert problems(**base, PLACEMENT_STRATEGY="sideways")[0].startswith("PLACEMENT_STRATEGY='sideways'")
+    s = parse_settings(env(**base, PLACEMENT_STRATEGY="STRICT_SPREAD", TENSOR_PARALLEL_SIZE="2"))
+    cfg = llm_config.llm_config(s)
+    assert cfg["placement_group_config"] == {"bundles": [{"GPU": 1}, {"GPU": 1}], "strategy": "STRICT_SPREAD"}
+    assert cfg["engine_kwargs"]["distributed_executor_backend"] == "ray"
+
+
+def test_single_node_keeps_ray_defaults() -> None:
+    cfg = llm_config.llm_config(parse_settings(env(TENSOR_PARALLEL_SIZE="2", GPUS_PER_NODE="2")))
+    assert "placement_group_config" not in cfg
+    assert "distributed_executor_backend" not in cfg["engine_kwargs"]
+
+
+def test_multi_node_needs_a_shared_ray_token() -> None:
+    found = problems(NUM_NODES="2")
+    assert found == ["NUM_NODES=2 but RAY_AUTH_TOKEN is empty: every node of a multi-node cluster must share one "
+                     "Ray token (set it in .secrets on each node)."]
 
 
 def test_all_problems_are_reported_together() -> None:
@@ -151,7 +182,10 @@ def test_ray_accepts_the_built_configs() -> None:
     from ray.serve.llm import LLMConfig, LLMServingArgs
 
     for overrides in ({}, {"DEVICE": "cpu"}, {"ACCELERATOR_TYPE": "A100", "TENSOR_PARALLEL_SIZE": "2",
-                                                 "GPUS_PER_NODE": "2"}):
+                                                 "GPUS_PER_NODE": "2"},
+                      {"NUM_NODES": "2", "TENSOR_PARALLEL_SIZE": "2", "RAY_AUTH_TOKEN": "t",
+                       "PLACEMENT_STRATEGY": "STRICT_SPREAD"},
+                      {"DEVICE": "cpu", "NUM_NODES": "2", "RAY_AUTH_TOKEN": "t"}):
         s = parse_settings(env(**overrides))
         args = llm_config.serving_args(s)
         LLMServingArgs.model_validate(args)
@@ -167,14 +201,16 @@ def run_deploy(*args: str, **environ: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_dry_run_prints_resolved_config_with_secrets_redacted() -> None:
-    out = run_deploy("--dry-run", HF_TOKEN="hf_dry_run_token_123", OPENAI_API_KEY="sk-dry-run-key-456")
+    out = run_deploy("--dry-run", HF_TOKEN="hf_dry_run_token_123", OPENAI_API_KEY="sk-dry-run-key-456",
+                     RAY_AUTH_TOKEN="ray-dry-run-token-789")
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert data["http_options"] == {"host": "0.0.0.0", "port": 8000}
     assert data["serving_args"]["llm_configs"][0]["model_loading_config"]["model_id"] == "Qwen/Qwen2.5-1.5B-Instruct"
-    assert data["secrets"] == {"HF_TOKEN": "<set, redacted>", "OPENAI_API_KEY": "<set, redacted>"}
-    assert "hf_dry_run_token_123" not in out.stdout + out.stderr
-    assert "sk-dry-run-key-456" not in out.stdout + out.stderr
+    assert data["secrets"] == {"HF_TOKEN": "<set, redacted>", "OPENAI_API_KEY": "<set, redacted>",
+                               "RAY_AUTH_TOKEN": "<set, redacted>"}
+    for secret in ("hf_dry_run_token_123", "sk-dry-run-key-456", "ray-dry-run-token-789"):
+        assert secret not in out.stdout + out.stderr
 
 
 def test_environment_wins_over_env_file() -> None:

@@ -101,6 +101,16 @@ write_non_carry_over() {
   return 0
 }
 
+# An empty NCCL_*/GLOO_* from .env would override NCCL's own default (e.g. an
+# empty NCCL_SOCKET_IFNAME matches every interface): unset those instead.
+drop_empty_upstream_vars() {
+  local name
+  for name in $(compgen -v NCCL_) $(compgen -v GLOO_); do
+    [[ -z "${!name}" ]] && unset "$name"
+  done
+  return 0
+}
+
 ray_start_args() {
   RAY_ARGS=(--node-ip-address="$VLLM_HOST_IP" --disable-usage-stats --block)
   if [[ "${DEVICE:-gpu}" == gpu ]]; then
@@ -126,6 +136,7 @@ stop_children() {
 # ------------------------------------------------------------------ roles ---
 run_head() {
   require_settings head
+  drop_empty_upstream_vars
   write_non_carry_over
   # Fail fast on bad configuration (exit 2) before starting anything.
   "$PYTHON" "$REPO_ROOT/src/deploy.py" --dry-run >/dev/null || exit 2
@@ -165,6 +176,7 @@ wait_for_head() {
 
 run_worker() {
   require_settings worker
+  drop_empty_upstream_vars
   write_non_carry_over
   wait_for_head
   ray_start_args

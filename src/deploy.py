@@ -63,6 +63,12 @@ def export_hf_token(environ: MutableMapping[str, str], settings: Settings) -> No
             environ[name] = settings.hf_token
 
 
+def drop_empty_upstream_vars(environ: MutableMapping[str, str]) -> None:
+    """An empty NCCL_*/GLOO_* (from .env) would override NCCL's default; unset it."""
+    for name in [n for n, v in environ.items() if n.startswith(("NCCL_", "GLOO_")) and not v.strip()]:
+        del environ[name]
+
+
 def export_ray_auth(environ: MutableMapping[str, str], settings: Settings) -> None:
     """Use the shared cluster token when one is configured (multi-node, Nginx)."""
     if settings.ray_auth_token:
@@ -133,6 +139,7 @@ def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | 
     log("starting with " + json.dumps(resolved, sort_keys=True))
     export_hf_token(env, settings)
     export_ray_auth(env, settings)
+    drop_empty_upstream_vars(env)
     serve_forever(settings)
     return 0
 

@@ -4,6 +4,7 @@
 Ray Serve's /v1/models answers from configuration while the engine is still
 loading, so this asks for one token instead. Standard library only; exits 0
 when a completion comes back, 1 otherwise (with the reason on stderr).
+`healthcheck.py --raylet` is the worker-node check: a raylet is running.
 """
 
 from __future__ import annotations
@@ -38,8 +39,25 @@ def probe(port: str, timeout: float = TIMEOUT_S) -> str | None:
     return None
 
 
-def main() -> int:
-    reason = probe(os.environ.get("RAY_API_PORT", "8000"))
+def raylet_running(proc: str = "/proc") -> str | None:
+    """Worker nodes: healthy while this container's raylet process runs."""
+    for entry in os.listdir(proc):
+        if entry.isdigit():
+            try:
+                with open(os.path.join(proc, entry, "comm")) as handle:
+                    if handle.read().strip() == "raylet":
+                        return None
+            except OSError:
+                continue
+    return "no raylet process: this node is not part of a Ray cluster"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args == ["--raylet"]:
+        reason = raylet_running()
+    else:
+        reason = probe(os.environ.get("RAY_API_PORT", "8000"))
     if reason:
         print(f"unhealthy: {reason}", file=sys.stderr)
         return 1

@@ -87,3 +87,58 @@ def test_broken_compose_file_is_rejected(project: ComposeProject) -> None:
     path.write_text(path.read_text().replace("shm_size:", "shm_sizes:", 1))
     out = project.compose("config")
     assert out.returncode != 0 and "shm_sizes" in out.stderr
+
+
+def test_no_profile_flag_means_the_single_node_stack(project: ComposeProject) -> None:
+    """COMPOSE_PROFILES=single from .env: exactly ray-serve + nginx, nothing multi-node."""
+    assert set(project.config()["services"]) == {"ray-serve", "nginx"}
+
+
+def test_head_profile(project: ComposeProject) -> None:
+    project.set_env(COMPOSE_PROFILES="head", VLLM_HOST_IP="10.0.0.1", NCCL_SOCKET_IFNAME="enp1s0f0np0",
+                    NCCL_IB_HCA="mlx5_0", NCCL_IB_GID_INDEX="3", NUM_NODES="2", GPUS_PER_NODE="1")
+    cfg = project.config()
+    assert set(cfg["services"]) == {"ray-head", "nginx-head"}
+    head, nginx = cfg["services"]["ray-head"], cfg["services"]["nginx-head"]
+    assert head["network_mode"] == "host" and head["ipc"] == "host"
+    assert head["command"] == ["/app/scripts/ray-node.sh", "head"]
+    assert {d["source"] for d in head["devices"]} == {"/dev/infiniband"}
+    mounts = {v["target"]: v for v in head["volumes"]}
+    for target in ("/sys/class/infiniband", "/sys/class/net", "/etc/rdma", "/models"):
+        assert mounts[target]["read_only"] is True, target
+    assert head["ulimits"]["memlock"] == -1 and head["ulimits"]["stack"] >= 64 * 1024 * 1024
+    assert set(head["cap_add"]) == {"IPC_LOCK", "SYS_NICE", "SYS_RESOURCE"}
+    assert "no-new-privileges:true" in head["security_opt"]
+    assert head["deploy"]["resources"]["reservations"]["devices"][0]["count"] == 1
+    assert head["restart"] == "unless-stopped"
+    env = head["environment"]
+    assert (env["VLLM_HOST_IP"], env["NCCL_SOCKET_IFNAME"], env["NCCL_IB_HCA"], env["NCCL_IB_GID_INDEX"]) == (
+        "10.0.0.1", "enp1s0f0np0", "mlx5_0", "3")
+    assert nginx["network_mode"] == "host" and nginx["environment"]["NGINX_UPSTREAM_HOST"] == "127.0.0.1"
+    assert nginx["depends_on"]["ray-head"]["condition"] == "service_healthy"
+
+
+def test_worker_profile(project: ComposeProject) -> None:
+    project.set_env(COMPOSE_PROFILES="worker", VLLM_HOST_IP="10.0.0.2", RAY_HEAD_HOST="10.0.0.1")
+    cfg = project.config()
+    assert set(cfg["services"]) == {"ray-worker"}
+    worker = cfg["services"]["ray-worker"]
+    assert worker["command"] == ["/app/scripts/ray-node.sh", "worker"]
+    assert worker["network_mode"] == "host"
+    assert worker["environment"]["VLLM_HOST_IP"] == "10.0.0.2"
+    assert worker["environment"]["RAY_HEAD_HOST"] == "10.0.0.1"
+    assert "--raylet" in worker["healthcheck"]["test"]
+
+
+def test_profile_flag_selects_the_profile(project: ComposeProject) -> None:
+    cfg = project.config("--profile", "worker")
+    assert "ray-worker" in cfg["services"]
+
+
+def test_nginx_is_hardened(project: ComposeProject) -> None:
+    nginx = project.config()["services"]["nginx"]
+    assert nginx["read_only"] is True
+    assert nginx["cap_drop"] == ["ALL"]
+    assert set(nginx["cap_add"]) <= {"CHOWN", "SETUID", "SETGID", "NET_BIND_SERVICE"}
+    assert set(nginx["tmpfs"]) == {"/etc/nginx/conf.d:mode=0755", "/tmp:mode=1777"}
+    assert nginx["stop_signal"] == "SIGQUIT"

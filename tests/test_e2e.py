@@ -27,6 +27,8 @@ pytestmark = [pytest.mark.e2e]
 
 API_KEY = "sk-e2e-Test_key.123"
 BODY_LIMIT = "64k"
+RAY_TOKEN = "e2e-ray-token-0123456789"
+DASH_USER, DASH_PASSWORD = "admin", "e2e-dashboard-pw"
 # Long enough (~1.5 s on 2 cores) that arrival times show streaming: with a few
 # hundred tokens the tiny model finishes before Ray Serve's 2-core scheduling
 # settles, and chunks bunch up even without Nginx (measured; see plan.md).
@@ -36,7 +38,8 @@ STREAM_TOKENS = 1500
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[LocalStack]:
     s = LocalStack(tmp_path_factory.mktemp("stack"), api_key=API_KEY,
-                   extra_env={"NGINX_CLIENT_MAX_BODY_SIZE": BODY_LIMIT})
+                   extra_env={"NGINX_CLIENT_MAX_BODY_SIZE": BODY_LIMIT, "RAY_AUTH_TOKEN": RAY_TOKEN,
+                              "NGINX_DASHBOARD_USER": DASH_USER, "NGINX_DASHBOARD_PASSWORD": DASH_PASSWORD})
     failed_before = request.session.testsfailed
     try:
         s.up()
@@ -206,10 +209,15 @@ def test_health_ready_and_dashboard(stack: LocalStack) -> None:
     assert health.status_code == 200
     ready = httpx.get(stack.base_url + "/readyz", timeout=30)
     assert ready.status_code == 200, ready.text
-    dashboard = httpx.get(stack.base_url + "/dashboard/", timeout=30)
+    assert_openai_error(httpx.get(stack.base_url + "/dashboard/", timeout=30), 401)
+    creds = (DASH_USER, DASH_PASSWORD)
+    dashboard = httpx.get(stack.base_url + "/dashboard/", auth=creds, timeout=30)
     assert dashboard.status_code == 200 and "<html" in dashboard.text.lower()
-    version = httpx.get(stack.base_url + "/dashboard/api/version", timeout=30)
+    # Ray's own token auth is satisfied by Nginx (RAY_AUTH_TOKEN), not by the client.
+    version = httpx.get(stack.base_url + "/dashboard/api/version", auth=creds, timeout=30)
     assert version.status_code == 200 and "ray_version" in version.json()
+    apps = httpx.get(stack.base_url + "/dashboard/api/serve/applications/", auth=creds, timeout=30)
+    assert apps.status_code == 200 and apps.json()["applications"]["llm"]["status"] == "RUNNING"
 
 
 def test_sixteen_concurrent_streams(stack: LocalStack) -> None:

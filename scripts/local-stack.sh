@@ -152,8 +152,13 @@ start_nginx() {
   local nginx_cmd=("$NGINX_BIN" -p "$STACK_DIR/nginx/prefix/" -e stderr -c "$STACK_DIR/nginx/conf/nginx.conf")
   "${nginx_cmd[@]}" -t 2>"$STACK_DIR/nginx-test.log" || { cat "$STACK_DIR/nginx-test.log" >&2; die "nginx -t failed"; }
   : >"$STACK_DIR/nginx.log"
+  # As root, nginx's workers would switch to an unprivileged user that cannot
+  # read files under a private checkout (e.g. /root); this is a local dev
+  # stack, so they keep the caller's identity.
+  local globals='daemon off;'
+  ((EUID == 0)) && globals+=' user root;'
   log_info "starting nginx on port $NGINX_HTTP_PORT (logs: $STACK_DIR/nginx.log)"
-  start_bg nginx "$(nginx_pid_file)" "${nginx_cmd[@]}" -g 'daemon off;'
+  start_bg nginx "$(nginx_pid_file)" "${nginx_cmd[@]}" -g "$globals"
 }
 
 wait_ready() {

@@ -95,6 +95,9 @@ def ray_init_kwargs(s: Settings) -> dict[str, Any]:
     if s.ray_address:
         return {"address": s.ray_address}
     return {
+        # "local" always starts a private cluster; without it Ray would join
+        # whatever `ray start` last recorded in /tmp/ray on this machine.
+        "address": "local",
         "include_dashboard": True,
         "dashboard_host": s.api_host,
         "dashboard_port": s.dashboard_port,

@@ -77,3 +77,15 @@ ensure_cpu_venv() {
     --find-links "$TORCH_CPU_FIND_LINKS" \
     requirements-cpu.txt requirements-dev.txt >&2
 }
+
+# secure_secrets_file FILE: a secrets file others can read is fixed to 0600
+# (with a warning) before anything reads it. deploy.py refuses such a file.
+secure_secrets_file() {
+  local file="$1" mode
+  [[ -f "$file" ]] || return 0
+  mode="$(stat -c '%a' "$file")"
+  if (((8#$mode & 8#077) != 0)); then
+    log_warn "$file had mode $mode (readable by other users); fixing it: chmod 600 $file"
+    chmod 600 "$file"
+  fi
+}

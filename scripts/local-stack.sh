@@ -40,6 +40,7 @@ configure() {
     export DEVICE=cpu
     log_info "no NVIDIA GPU found: DEVICE=cpu"
   fi
+  secure_secrets_file "$REPO_ROOT/.secrets"
   load_env_files "$REPO_ROOT/.env" "$REPO_ROOT/.secrets"
   RAY_API_PORT="${RAY_API_PORT:?RAY_API_PORT must be set in .env}"
   RAY_DASHBOARD_PORT="${RAY_DASHBOARD_PORT:?RAY_DASHBOARD_PORT must be set in .env}"
@@ -73,24 +74,34 @@ start_bg() {
   echo "$!" >"$pid_file"
 }
 
-# stop_session PIDFILE NAME: TERM the whole session the PID leads, then KILL
-# whatever is left after a bounded wait. Ray's daemons live in that session.
+# stop_session PIDFILE NAME SIGNAL: send SIGNAL to the session's leader (the
+# process `up` started) and wait up to the grace period, as `docker stop` does;
+# then TERM, and finally KILL, whatever is left in its session (Ray's daemons
+# live there too).
 stop_session() {
-  local pid_file="$1" name="$2" pid
+  local pid_file="$1" name="$2" signal="$3" pid
   pid="$(read_pid "$pid_file")"
   [[ -n "$pid" ]] || return 0
   if pid_alive "$pid"; then
-    log_info "stopping $name (session $pid)"
-    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-    if ! wait_until "${LOCAL_STACK_STOP_TIMEOUT:-60}" "$name to stop" session_empty "$pid"; then
-      log_warn "$name did not stop in time; killing it"
-      pkill -KILL -s "$pid" 2>/dev/null || true
-      wait_until 10 "$name to die" session_empty "$pid" || true
+    log_info "stopping $name (SIG$signal, up to ${GRACE_S}s for in-flight requests)"
+    kill -"$signal" "$pid" 2>/dev/null || true
+    if ! wait_until "$GRACE_S" "$name to stop" session_empty "$pid"; then
+      log_warn "$name still running after ${GRACE_S}s; terminating its session"
+      pkill -TERM -s "$pid" 2>/dev/null || true
+      wait_until 20 "$name to stop" session_empty "$pid" || true
     fi
   fi
   # Stragglers that outlived their leader still carry the session id.
   pkill -KILL -s "$pid" 2>/dev/null || true
   rm -f "$pid_file"
+}
+
+# SERVE_STOP_GRACE_PERIOD (Compose duration, e.g. 60s, 2m) in seconds.
+grace_seconds() {
+  local value="${SERVE_STOP_GRACE_PERIOD:-60s}" total=0
+  [[ "$value" =~ ^(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s?)?$ ]] || die "SERVE_STOP_GRACE_PERIOD=$value is not a duration like 60s or 2m"
+  total=$((${BASH_REMATCH[2]:-0} * 3600 + ${BASH_REMATCH[4]:-0} * 60 + ${BASH_REMATCH[6]:-0}))
+  echo "$total"
 }
 
 session_empty() { ! pgrep -s "$1" >/dev/null 2>&1; }
@@ -185,13 +196,17 @@ cmd_up() {
   wait_ready
 }
 
-# down [serve|nginx]: both by default.
+# down [serve|nginx]: both by default, in Compose's order: nginx first with
+# SIGQUIT (it finishes in-flight requests), then Ray Serve with SIGTERM
+# (deploy.py drains its replicas).
 cmd_down() {
   local part="${1:-all}"
+  load_env_files "$REPO_ROOT/.env"
+  GRACE_S="$(grace_seconds)"
   case "$part" in
-    all) stop_session "$(nginx_pid_file)" nginx; stop_session "$(serve_pid_file)" "Ray Serve" ;;
-    serve) stop_session "$(serve_pid_file)" "Ray Serve" ;;
-    nginx) stop_session "$(nginx_pid_file)" nginx ;;
+    all) stop_session "$(nginx_pid_file)" nginx QUIT; stop_session "$(serve_pid_file)" "Ray Serve" TERM ;;
+    serve) stop_session "$(serve_pid_file)" "Ray Serve" TERM ;;
+    nginx) stop_session "$(nginx_pid_file)" nginx QUIT ;;
     *) die "unknown part '$part': expected serve or nginx" ;;
   esac
   log_info "stopped: $part"

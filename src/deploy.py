@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
+from types import FrameType
 from pathlib import Path
 from typing import Any, Mapping, MutableMapping, Sequence
 
@@ -39,6 +41,17 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="validate, print the resolved configuration (secrets redacted) and exit without starting anything",
     )
     return parser.parse_args(argv)
+
+
+def insecure_secrets(path: Path) -> str | None:
+    """A .secrets that other users can read is refused (see plan.md)."""
+    if not path.is_file():
+        return None
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        return (f"{path} is readable or writable by other users (mode {mode:04o}); "
+                f"it holds secrets. Fix it with: chmod 600 {path}")
+    return None
 
 
 def load_env_files(environ: MutableMapping[str, str], files: Sequence[Path] = ENV_FILES) -> None:
@@ -105,6 +118,14 @@ def wait_for_nodes(expected: int, timeout_s: int, poll_s: float = 2.0, report_ev
         time.sleep(poll_s)
 
 
+class StopRequested(Exception):
+    """SIGTERM arrived (docker stop / compose down / local-stack down)."""
+
+
+def raise_stop(signum: int, _frame: FrameType | None) -> None:
+    raise StopRequested(signal.Signals(signum).name)
+
+
 def serve_forever(settings: Settings) -> None:
     """Start (or join) Ray, deploy the app and block. The only place Ray is imported."""
     import ray
@@ -117,12 +138,26 @@ def serve_forever(settings: Settings) -> None:
     # One Serve proxy, on the head: Nginx is the only client that needs it.
     serve.start(proxy_location="HeadOnly", http_options=llm_config.http_options(settings))
     app = build_openai_app(llm_config.serving_args(settings))
-    serve.run(app, name=llm_config.APP_NAME, route_prefix=llm_config.ROUTE_PREFIX, blocking=True)
+    signal.signal(signal.SIGTERM, raise_stop)
+    try:
+        serve.run(app, name=llm_config.APP_NAME, route_prefix=llm_config.ROUTE_PREFIX, blocking=True)
+    except StopRequested as stop:
+        # Replicas finish in-flight requests (graceful_shutdown_timeout_s)
+        # before Serve and the private Ray cluster go away.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        log(f"{stop}: draining in-flight requests for up to {llm_config.drain_timeout_s(settings):.0f}s")
+        serve.shutdown()
+        ray.shutdown()
+        log("stopped cleanly")
 
 
 def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     env: MutableMapping[str, str] = os.environ if environ is None else environ
+    refusal = insecure_secrets(ENV_FILES[1])
+    if refusal:
+        print(f"deploy.py: configuration error, nothing was started:\n  - {refusal}", file=sys.stderr)
+        return EXIT_CONFIG
     load_env_files(env)
     try:
         settings = parse_settings(env)

@@ -13,6 +13,14 @@ from settings import Settings
 # Application name and route of the OpenAI app in Ray Serve.
 APP_NAME = "llm"
 ROUTE_PREFIX = "/"
+# Seconds of SERVE_STOP_GRACE_PERIOD kept back for tearing Ray down after the
+# replicas drained, so Docker's SIGKILL never lands mid-shutdown.
+SHUTDOWN_MARGIN_S = 10
+
+
+def drain_timeout_s(s: Settings) -> float:
+    """How long replicas wait for in-flight requests when shutting down."""
+    return float(max(1, s.stop_grace_s - SHUTDOWN_MARGIN_S))
 
 
 def engine_kwargs(s: Settings) -> dict[str, Any]:
@@ -56,6 +64,7 @@ def llm_config(s: Settings) -> dict[str, Any]:
             "model_source": s.model_source or s.model_id,
         },
         "deployment_config": {
+            "graceful_shutdown_timeout_s": drain_timeout_s(s),
             "autoscaling_config": {
                 "min_replicas": s.min_replicas,
                 "max_replicas": s.max_replicas,
@@ -77,12 +86,13 @@ def llm_config(s: Settings) -> dict[str, Any]:
 
 def serving_args(s: Settings) -> dict[str, Any]:
     """Arguments for ray.serve.llm.build_openai_app (an LLMServingArgs dict)."""
-    args: dict[str, Any] = {"llm_configs": [llm_config(s)]}
+    # The ingress holds the client's stream, so it drains as long as the model.
+    ingress: dict[str, Any] = {"graceful_shutdown_timeout_s": drain_timeout_s(s)}
     if s.device == "cpu":
         # On a 2-core box the model server takes every CPU; an ingress asking
         # for 1 CPU would never schedule. It only routes requests.
-        args["ingress_deployment_config"] = {"ray_actor_options": {"num_cpus": 0}}
-    return args
+        ingress["ray_actor_options"] = {"num_cpus": 0}
+    return {"llm_configs": [llm_config(s)], "ingress_deployment_config": ingress}
 
 
 def http_options(s: Settings) -> dict[str, Any]:

@@ -63,6 +63,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("NUM_NODES", "1", "Nodes expected in the Ray cluster (multi-node: head + workers)."),
     Variable("PLACEMENT_STRATEGY", "PACK", "Placement of one replica's bundles: " + ", ".join(PLACEMENT_STRATEGIES) + "."),
     Variable("NODE_WAIT_TIMEOUT", "600", "Seconds deploy.py waits for NUM_NODES nodes to join before giving up."),
+    Variable("SERVE_STOP_GRACE_PERIOD", "60s", "On SIGTERM, time in-flight requests get to finish (e.g. 60s, 2m)."),
     Variable("HF_TOKEN", "", "Hugging Face token (.secrets). Also read: HUGGING_FACE_HUB_TOKEN, HUGGINGFACE_TOKEN.", secret=True),
     Variable("OPENAI_API_KEY", "", f"API key Nginx requires as 'Bearer' (.secrets). Allowed: {API_KEY_ALLOWED}.", secret=True),
     Variable("RAY_AUTH_TOKEN", "", "Ray cluster token shared by every node and Nginx (.secrets). Required for multi-node.", secret=True),
@@ -105,6 +106,7 @@ class Settings:
     num_nodes: int = 1
     placement_strategy: str = "PACK"
     node_wait_timeout_s: int = 600
+    stop_grace_s: int = 60
     hf_token: str | None = field(default=None, repr=False)
     openai_api_key: str | None = field(default=None, repr=False)
     ray_auth_token: str | None = field(default=None, repr=False)
@@ -181,6 +183,20 @@ class _Reader:
             self.problem(name, value, "expected one of " + ", ".join(choices))
             return choices[0]
         return normalized
+
+    def duration_s(self, name: str) -> int:
+        """Compose-style duration: 90, 90s, 2m, 1m30s, 1h."""
+        value = self.raw(name)
+        match = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?", value)
+        if not value or match is None:
+            self.problem(name, value, "expected a duration such as 60s, 2m or 1m30s")
+            return 60
+        hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
+        total = hours * 3600 + minutes * 60 + seconds
+        if total < 1:
+            self.problem(name, value, "expected a duration of at least 1s")
+            return 60
+        return total
 
     def optional(self, name: str) -> str | None:
         return self.raw(name) or None
@@ -333,6 +349,7 @@ def parse_settings(environ: Mapping[str, str]) -> Settings:
         num_nodes=num_nodes,
         placement_strategy=strategy,
         node_wait_timeout_s=r.integer("NODE_WAIT_TIMEOUT", 1),
+        stop_grace_s=r.duration_s("SERVE_STOP_GRACE_PERIOD"),
         hf_token=r.first_secret(HF_TOKEN_NAMES),
         openai_api_key=api_key,
         ray_auth_token=ray_token,

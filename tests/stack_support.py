@@ -12,6 +12,20 @@ from conftest import REPO_ROOT
 
 SCRIPT = REPO_ROOT / "scripts" / "local-stack.sh"
 MODEL = "tiny-llama"
+# Settings of the shared test stack (see conftest.stack). The unique values
+# let the secrets test search every log and API for them.
+API_KEY = "sk-e2e-Test_key.123"
+BODY_LIMIT = "64k"
+RAY_TOKEN = "e2e-ray-token-5f1c2a9e77"
+HF_TOKEN = "hf_PlantedToken_8d41b7c3e2"
+DASH_USER, DASH_PASSWORD = "admin", "e2e-dashboard-pw-6b2d"
+GRACE = "30s"
+
+
+def shared_stack_env() -> dict[str, str]:
+    return {"NGINX_CLIENT_MAX_BODY_SIZE": BODY_LIMIT, "RAY_AUTH_TOKEN": RAY_TOKEN, "HF_TOKEN": HF_TOKEN,
+            "NGINX_DASHBOARD_USER": DASH_USER, "NGINX_DASHBOARD_PASSWORD": DASH_PASSWORD,
+            "SERVE_STOP_GRACE_PERIOD": GRACE}
 
 
 def free_port() -> int:

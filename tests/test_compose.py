@@ -142,3 +142,17 @@ def test_nginx_is_hardened(project: ComposeProject) -> None:
     assert set(nginx["cap_add"]) <= {"CHOWN", "SETUID", "SETGID", "NET_BIND_SERVICE"}
     assert set(nginx["tmpfs"]) == {"/etc/nginx/conf.d:mode=0755", "/tmp:mode=1777"}
     assert nginx["stop_signal"] == "SIGQUIT"
+
+
+@pytest.mark.parametrize("profile", ["single", "head", "worker"])
+def test_every_container_has_no_new_privileges(project: ComposeProject, profile: str) -> None:
+    project.set_env(COMPOSE_PROFILES=profile)
+    for name, service in project.config()["services"].items():
+        assert "no-new-privileges:true" in service.get("security_opt", []), name
+
+
+def test_only_nginx_publishes_beyond_loopback(project: ComposeProject) -> None:
+    for name, service in project.config()["services"].items():
+        for port in service.get("ports", []):
+            if name != "nginx":
+                assert port["host_ip"] == "127.0.0.1", (name, port)

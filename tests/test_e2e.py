@@ -21,37 +21,15 @@ import pytest
 from dotenv import dotenv_values
 
 from conftest import REPO_ROOT
-from stack_support import MODEL, LocalStack, free_port, processes_in_session
+from stack_support import MODEL, LocalStack, free_port
 
 pytestmark = [pytest.mark.e2e]
 
-API_KEY = "sk-e2e-Test_key.123"
-BODY_LIMIT = "64k"
-RAY_TOKEN = "e2e-ray-token-0123456789"
-DASH_USER, DASH_PASSWORD = "admin", "e2e-dashboard-pw"
+from stack_support import API_KEY, DASH_PASSWORD, DASH_USER
 # Long enough (~1.5 s on 2 cores) that arrival times show streaming: with a few
 # hundred tokens the tiny model finishes before Ray Serve's 2-core scheduling
 # settles, and chunks bunch up even without Nginx (measured; see plan.md).
 STREAM_TOKENS = 1500
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[LocalStack]:
-    s = LocalStack(tmp_path_factory.mktemp("stack"), api_key=API_KEY,
-                   extra_env={"NGINX_CLIENT_MAX_BODY_SIZE": BODY_LIMIT, "RAY_AUTH_TOKEN": RAY_TOKEN,
-                              "NGINX_DASHBOARD_USER": DASH_USER, "NGINX_DASHBOARD_PASSWORD": DASH_PASSWORD})
-    failed_before = request.session.testsfailed
-    try:
-        s.up()
-        yield s
-    finally:
-        if request.session.testsfailed > failed_before:
-            print("\n" + s.log_tails())
-        pids = s.session_pids()
-        out = s.down()
-        assert out.returncode == 0, out.stderr
-        for name, pid in pids.items():
-            assert pid is None or not processes_in_session(pid), f"{name} left processes behind"
 
 
 @pytest.fixture(scope="module")

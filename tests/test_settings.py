@@ -164,6 +164,7 @@ def test_llm_config_data() -> None:
     assert kwargs["max_num_seqs"] == 8, "ENGINE_KWARGS must win"
     assert kwargs["enable_prefix_caching"] is True and kwargs["quantization"] == "awq"
     assert "max_model_len" not in kwargs
+    assert cfg["deployment_config"]["graceful_shutdown_timeout_s"] == 50.0
     assert cfg["deployment_config"]["autoscaling_config"] == {
         "min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 32}
 
@@ -174,7 +175,22 @@ def test_cpu_config_requests_no_gpu() -> None:
     cfg = args["llm_configs"][0]
     assert cfg["accelerator_config"] == {"kind": "cpu"}
     assert "accelerator_type" not in cfg and "gpu_memory_utilization" not in cfg["engine_kwargs"]
-    assert args["ingress_deployment_config"] == {"ray_actor_options": {"num_cpus": 0}}
+    assert args["ingress_deployment_config"] == {"ray_actor_options": {"num_cpus": 0},
+                                                 "graceful_shutdown_timeout_s": 50.0}
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("60s", 60), ("90", 90), ("2m", 120), ("1m30s", 90), ("1h", 3600)])
+def test_stop_grace_period_durations(text: str, seconds: int) -> None:
+    s = parse_settings(env(SERVE_STOP_GRACE_PERIOD=text))
+    assert s.stop_grace_s == seconds
+    drain = llm_config.llm_config(s)["deployment_config"]["graceful_shutdown_timeout_s"]
+    assert drain == max(1, seconds - llm_config.SHUTDOWN_MARGIN_S)
+
+
+@pytest.mark.parametrize("text", ["", "soon", "-5s", "0s", "1.5m"])
+def test_bad_stop_grace_period(text: str) -> None:
+    found = problems(SERVE_STOP_GRACE_PERIOD=text)
+    assert len(found) == 1 and found[0].startswith(f"SERVE_STOP_GRACE_PERIOD={text!r}")
 
 
 def test_ray_accepts_the_built_configs() -> None:

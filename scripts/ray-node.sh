@@ -111,6 +111,23 @@ drop_empty_upstream_vars() {
   return 0
 }
 
+# Ray Serve LLM copies HF_TOKEN/HUGGING_FACE_HUB_TOKEN from a replica's
+# environment into runtime_env, which Ray logs. Keep the token in a private
+# file that huggingface_hub reads (HF_TOKEN_PATH) and out of Ray's environment.
+stash_hf_token() {
+  local token="${HF_TOKEN:-${HUGGING_FACE_HUB_TOKEN:-${HUGGINGFACE_TOKEN:-}}}" path dir
+  unset HF_TOKEN HUGGING_FACE_HUB_TOKEN HUGGINGFACE_TOKEN
+  [[ -n "$token" ]] || return 0
+  path="${HF_TOKEN_PATH:-${TMPDIR:-/tmp}/ray-llm-$(id -u)/hf_token}"
+  dir="$(dirname "$path")"
+  if [[ ! -d "$dir" ]]; then
+    mkdir -p "$dir"
+    chmod 700 "$dir"
+  fi
+  (umask 077 && printf '%s' "$token" >"$path")
+  export HF_TOKEN_PATH="$path"
+}
+
 ray_start_args() {
   RAY_ARGS=(--node-ip-address="$VLLM_HOST_IP" --disable-usage-stats --block)
   if [[ "${DEVICE:-gpu}" == gpu ]]; then
@@ -140,6 +157,7 @@ run_head() {
   write_non_carry_over
   # Fail fast on bad configuration (exit 2) before starting anything.
   "$PYTHON" "$REPO_ROOT/src/deploy.py" --dry-run >/dev/null || exit 2
+  stash_hf_token
   ray_start_args
   trap stop_children EXIT
   trap 'log_info "stopping head"; exit 143' TERM INT
@@ -178,6 +196,7 @@ run_worker() {
   require_settings worker
   drop_empty_upstream_vars
   write_non_carry_over
+  stash_hf_token
   wait_for_head
   ray_start_args
   trap stop_children EXIT

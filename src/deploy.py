@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import time
 from types import FrameType
 from pathlib import Path
@@ -65,15 +66,25 @@ def load_env_files(environ: MutableMapping[str, str], files: Sequence[Path] = EN
                     environ[key] = value
 
 
-def export_hf_token(environ: MutableMapping[str, str], settings: Settings) -> None:
-    """Expose the token under every name huggingface_hub and vLLM look for.
+def stash_hf_token(environ: MutableMapping[str, str], settings: Settings) -> None:
+    """Move the Hugging Face token from the environment into a private file.
 
-    It reaches the engine through process inheritance, never through Ray's
-    runtime_env (which Serve would show in its deployment details).
+    Ray Serve LLM copies HF_TOKEN / HUGGING_FACE_HUB_TOKEN from the replica's
+    environment into the engine actors' runtime_env, and Ray logs every
+    runtime_env it creates. huggingface_hub reads the token from the file
+    named by HF_TOKEN_PATH instead, so no Ray process ever holds it in its env.
     """
-    if settings.hf_token:
-        for name in HF_TOKEN_NAMES[:2]:
-            environ[name] = settings.hf_token
+    for name in HF_TOKEN_NAMES:
+        environ.pop(name, None)
+    if not settings.hf_token:
+        return
+    path = Path(environ.get("HF_TOKEN_PATH") or Path(tempfile.gettempdir()) / f"ray-llm-{os.getuid()}" / "hf_token")
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(settings.hf_token)
+    os.chmod(path, 0o600)
+    environ["HF_TOKEN_PATH"] = str(path)
 
 
 def drop_empty_upstream_vars(environ: MutableMapping[str, str]) -> None:
@@ -172,7 +183,7 @@ def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | 
         print(json.dumps(resolved, indent=2, sort_keys=True))
         return 0
     log("starting with " + json.dumps(resolved, sort_keys=True))
-    export_hf_token(env, settings)
+    stash_hf_token(env, settings)
     export_ray_auth(env, settings)
     drop_empty_upstream_vars(env)
     serve_forever(settings)

@@ -87,3 +87,21 @@ def test_dockerfile_takes_no_secrets() -> None:
     text = (REPO_ROOT / "docker" / "Dockerfile").read_text()
     for word in ("HF_TOKEN", "OPENAI_API_KEY", "RAY_AUTH_TOKEN", ".secrets"):
         assert word not in text, word
+
+
+def test_hf_token_moves_from_environment_to_private_file(tmp_path: Path) -> None:
+    """Ray Serve LLM would copy HF_TOKEN from the environment into runtime_env
+    (which Ray logs); deploy.py hands it to huggingface_hub through a file."""
+    import deploy
+    from settings import DEFAULTS, parse_settings
+
+    environ = {**DEFAULTS, "HUGGING_FACE_HUB_TOKEN": PLANTED, "HF_TOKEN_PATH": str(tmp_path / "hf" / "token")}
+    deploy.stash_hf_token(environ, parse_settings(environ))
+    assert not {"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_TOKEN"} & set(environ)
+    token_file = tmp_path / "hf" / "token"
+    assert token_file.read_text() == PLANTED and token_file.stat().st_mode & 0o777 == 0o600
+    # The real huggingface_hub finds it there.
+    out = subprocess.run([sys.executable, "-c", "from huggingface_hub import get_token; print(get_token())"],
+                         env=clean_env(HF_TOKEN_PATH=environ["HF_TOKEN_PATH"]), text=True, capture_output=True,
+                         timeout=60, check=True)
+    assert out.stdout.strip() == PLANTED

@@ -157,6 +157,10 @@ def serve_forever(settings: Settings) -> None:
         # before Serve and the private Ray cluster go away.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         log(f"{stop}: draining in-flight requests for up to {llm_config.drain_timeout_s(settings):.0f}s")
+        # Deleting the app first lets its replicas finish ongoing requests
+        # while the HTTP proxy still carries their streams; serve.shutdown()
+        # alone would stop the proxy at once and cut them.
+        serve.delete(llm_config.APP_NAME)
         serve.shutdown()
         ray.shutdown()
         log("stopped cleanly")

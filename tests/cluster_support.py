@@ -73,6 +73,8 @@ class TwoHosts:
 
     @staticmethod
     def _netns_unavailable() -> str:
+        if os.environ.get("RAY_LLM_TEST_LOOPBACK") == "1":
+            return "RAY_LLM_TEST_LOOPBACK=1 asked for the loopback fallback"
         if shutil.which("ip") is None:
             return "iproute2 is not installed"
         probe = f"rlprobe-{os.getpid()}"

@@ -62,7 +62,8 @@ diagnose() {
     done
   done
   if [[ -n "${VLLM_HOST_IP:-}" ]]; then
-    if ip -o addr show 2>/dev/null | grep -q "inet6\? ${VLLM_HOST_IP}/"; then
+    # "local ..." = the kernel delivers that address to this host.
+    if ip route get "$VLLM_HOST_IP" 2>/dev/null | grep -q '^local '; then
       log_info "VLLM_HOST_IP $VLLM_HOST_IP is assigned on this node"
     else
       log_warn "VLLM_HOST_IP $VLLM_HOST_IP is not an address of this node: Ray and NCCL will fail"

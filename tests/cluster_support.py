@@ -2,7 +2,8 @@
 
 Preferred: two network namespaces joined by a veth pair, each with its own IP
 (198.18.0.0/15 is reserved for benchmarking, so it never clashes with a real
-network). Fallback when namespaces are not permitted: two loopback addresses.
+network). Fallback when namespaces are not permitted: two loopback addresses
+(127.0.0.2 and .3; Ray swaps 127.0.0.1 for the machine's own address).
 Nodes are started by scripts/ray-node.sh, the entry point of the Compose
 head/worker profiles.
 """
@@ -49,7 +50,8 @@ class TwoHosts:
     def create(cls, tag: str) -> "TwoHosts":
         reason = cls._netns_unavailable()
         if reason:
-            return cls(Host("head", "127.0.0.1", "lo", None), Host("worker", "127.0.0.2", "lo", None),
+            # 127.0.0.1 itself is replaced by the machine's address in Ray: use .2 and .3.
+            return cls(Host("head", "127.0.0.2", "lo", None), Host("worker", "127.0.0.3", "lo", None),
                        "loopback", reason)
         head_ns, worker_ns = f"rlh-{tag}", f"rlw-{tag}"
         head_if, worker_if = f"vrh{tag}"[:15], f"vrw{tag}"[:15]

@@ -192,6 +192,14 @@ def test_unknown_model_gets_404(stack: LocalStack, client: openai.OpenAI) -> Non
     good_request_works(client)
 
 
+def test_local_stack_status(stack: LocalStack) -> None:
+    out = stack.run("status", timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "serve: running" in out.stdout and "nginx: running" in out.stdout and "model: answering" in out.stdout
+    logs = stack.run("logs", timeout=60)
+    assert logs.returncode == 0 and "serve.log" in logs.stdout
+
+
 def test_health_ready_and_dashboard(stack: LocalStack) -> None:
     health = httpx.get(stack.base_url + "/healthz")
     assert health.status_code == 200

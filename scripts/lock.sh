@@ -33,8 +33,11 @@ main() {
     LOCK_TMP="$(mktemp -d)"
     trap 'rm -rf "$LOCK_TMP"' EXIT
     local out="$LOCK_TMP"
-    # Work in a copy so uv's header names the same relative output paths.
-    cp requirements*.in overrides-cpu.txt requirements-cpu.txt "$out/"
+    # Work in a copy so uv's header names the same relative output paths. The
+    # current locks go along: uv keeps their pins while they still satisfy the
+    # .in files, so a new upstream release alone never makes the check fail.
+    cp requirements*.in overrides-cpu.txt requirements.txt requirements-cpu.txt requirements-dev.txt "$out/"
+    cp requirements.txt "$out/requirements-aarch64.txt"
     ( cd "$out"
       compile_gpu requirements.txt x86_64-manylinux_2_35
       compile_gpu requirements-aarch64.txt aarch64-manylinux_2_35

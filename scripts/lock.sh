@@ -54,6 +54,17 @@ main() {
       log_error "aarch64 resolves to different pins than x86_64; requirements.txt cannot serve both"
       failed=1
     fi
+    # The image installs wheels only: every pin must have one on both platforms.
+    local platform
+    for platform in x86_64-manylinux_2_35 aarch64-manylinux_2_35; do
+      cp requirements.txt "$out/wheels-$platform.txt"
+      if ! (cd "$out" && uv pip compile requirements.in --python-version 3.12 --python-platform "$platform" \
+        --only-binary :all: --quiet -o "wheels-$platform.txt") ||
+        ! diff -u <(pins requirements.txt | sed 's/ *\\$//') <(pins "$out/wheels-$platform.txt" | sed 's/ *\\$//'); then
+        log_error "some pins of requirements.txt have no wheel for $platform (the image builds wheels only)"
+        failed=1
+      fi
+    done
     (( failed == 0 )) && log_info "locks are up to date (x86_64 and aarch64 agree)"
     return "$failed"
   fi

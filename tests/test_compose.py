@@ -114,6 +114,7 @@ def test_head_profile(project: ComposeProject) -> None:
     env = head["environment"]
     assert (env["VLLM_HOST_IP"], env["NCCL_SOCKET_IFNAME"], env["NCCL_IB_HCA"], env["NCCL_IB_GID_INDEX"]) == (
         "10.0.0.1", "enp1s0f0np0", "mlx5_0", "3")
+    assert env["RAY_API_HOST"] == "127.0.0.1", "host network: Serve must stay on loopback behind nginx-head"
     assert nginx["network_mode"] == "host" and nginx["environment"]["NGINX_UPSTREAM_HOST"] == "127.0.0.1"
     assert nginx["depends_on"]["ray-head"]["condition"] == "service_healthy"
 

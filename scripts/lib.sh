@@ -30,6 +30,9 @@ wait_until() {
   done
 }
 
+# tcp_open HOST PORT: true when something accepts TCP connections there.
+tcp_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
 # pid_alive PID: true while a process with that PID exists.
 pid_alive() { [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null; }
 

@@ -45,11 +45,6 @@ configure() {
   RAY_API_PORT="${RAY_API_PORT:?RAY_API_PORT must be set in .env}"
   RAY_DASHBOARD_PORT="${RAY_DASHBOARD_PORT:?RAY_DASHBOARD_PORT must be set in .env}"
   NGINX_HTTP_PORT="${NGINX_HTTP_PORT:?NGINX_HTTP_PORT must be set in .env}"
-  # Paths in .env are relative to docker/, as in Compose.
-  if [[ -n "${NGINX_CERTS_DIR:-}" && "$NGINX_CERTS_DIR" != /* ]]; then
-    NGINX_CERTS_DIR="$(cd "$REPO_ROOT/docker" && realpath -m "$NGINX_CERTS_DIR")"
-    export NGINX_CERTS_DIR
-  fi
   if [[ "$DEVICE" == "cpu" && -z "${MODEL_SOURCE:-}" ]]; then
     export MODEL_SOURCE="$TINY_MODEL_DIR"
     [[ -n "${SERVED_MODEL_NAME:-}" ]] || export SERVED_MODEL_NAME="$TINY_MODEL_NAME"
@@ -60,7 +55,7 @@ configure() {
 }
 
 check_port_free() { # NAME PORT
-  if (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null; then
+  if tcp_open 127.0.0.1 "$2"; then
     die "$1=$2 is already in use on this machine; stop what uses it or set $1 to a free port"
   fi
 }

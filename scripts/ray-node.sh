@@ -139,8 +139,6 @@ ray_start_args() {
   RAY_ARGS+=("${extra[@]}")
 }
 
-tcp_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
-
 stop_children() {
   local pid
   for pid in "${CHILD_PIDS[@]}"; do

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, session_processes
 
 NODE_SCRIPT = REPO_ROOT / "scripts" / "ray-node.sh"
 
@@ -121,9 +121,9 @@ class Node:
         except ProcessLookupError:
             pass
         deadline = time.monotonic() + timeout
-        while session_pids(sid) and time.monotonic() < deadline:
+        while session_processes(sid) and time.monotonic() < deadline:
             time.sleep(0.5)
-        for pid in session_pids(sid):
+        for pid in session_processes(sid):
             try:
                 os.kill(int(pid), signal.SIGKILL)
             except ProcessLookupError:
@@ -139,7 +139,3 @@ class Node:
         tail = self.log_path.read_text(errors="replace").splitlines()[-lines:]
         return f"----- {self.role} log {self.log_path} -----\n" + "\n".join(tail)
 
-
-def session_pids(sid: int) -> list[str]:
-    out = subprocess.run(["pgrep", "-s", str(sid)], text=True, capture_output=True, check=False)
-    return out.stdout.split()

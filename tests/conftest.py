@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,19 @@ def run(cmd: list[str], *, cwd: Path | None = None, env: dict[str, str] | None =
     return subprocess.run(cmd, cwd=cwd, env=env, text=True, capture_output=True, timeout=timeout, check=False)
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def session_processes(sid: int | str, pattern: str | None = None) -> list[str]:
+    """PIDs of the processes in session SID (optionally whose command line matches PATTERN)."""
+    cmd = ["pgrep", "-s", str(sid)] + (["-f", pattern] if pattern else [])
+    return subprocess.run(cmd, text=True, capture_output=True, check=False).stdout.split()
+
+
 def require_tool(name: str) -> str:
     """Path of a tool the test command installs; a missing one is a failure, not a skip."""
     path = shutil.which(name)
@@ -45,7 +59,7 @@ def require_tool(name: str) -> str:
 def stack(request: pytest.FixtureRequest) -> Iterator["LocalStack"]:
     """One real local stack (scripts/local-stack.sh) shared by the e2e and
     hardening tests; always torn down, with log tails when a test failed."""
-    from stack_support import API_KEY, LocalStack, processes_in_session, shared_stack_env
+    from stack_support import API_KEY, LocalStack, shared_stack_env
 
     stack_dir = REPO_ROOT / ".runtime" / f"test-stack-{os.getpid()}"
     s = LocalStack(stack_dir, api_key=API_KEY, extra_env=shared_stack_env())
@@ -60,5 +74,5 @@ def stack(request: pytest.FixtureRequest) -> Iterator["LocalStack"]:
         out = s.down()
         assert out.returncode == 0, out.stderr
         for name, pid in pids.items():
-            assert pid is None or not processes_in_session(pid), f"{name} left processes behind"
+            assert pid is None or not session_processes(pid), f"{name} left processes behind"
         shutil.rmtree(stack_dir, ignore_errors=True)

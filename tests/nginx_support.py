@@ -19,7 +19,8 @@ from typing import Any, Callable
 
 import httpx
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from conftest import REPO_ROOT, free_port
+
 RENDER = REPO_ROOT / "scripts" / "render-nginx.sh"
 ENVSH = REPO_ROOT / "docker" / "nginx" / "entrypoint.d" / "05-ray-llm.envsh"
 TEMPLATES = REPO_ROOT / "docker" / "nginx" / "templates"
@@ -51,12 +52,6 @@ def read_dotenv(path: Path = DOTENV) -> dict[str, str]:
             value = value.split(" #", 1)[0].rstrip()
         values[key] = value
     return values
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def base_env(**overrides: str) -> dict[str, str]:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, free_port
 
 SCRIPT = REPO_ROOT / "scripts" / "local-stack.sh"
 MODEL = "tiny-llama"
@@ -26,12 +25,6 @@ def shared_stack_env() -> dict[str, str]:
     return {"NGINX_CLIENT_MAX_BODY_SIZE": BODY_LIMIT, "RAY_AUTH_TOKEN": RAY_TOKEN, "HF_TOKEN": HF_TOKEN,
             "NGINX_DASHBOARD_USER": DASH_USER, "NGINX_DASHBOARD_PASSWORD": DASH_PASSWORD,
             "SERVE_STOP_GRACE_PERIOD": GRACE}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -93,7 +86,3 @@ class LocalStack:
             pids[name] = path.read_text().strip() if path.exists() else None
         return pids
 
-
-def processes_in_session(sid: str) -> list[str]:
-    out = subprocess.run(["pgrep", "-s", sid], text=True, capture_output=True, check=False)
-    return out.stdout.split()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import time
 from pathlib import Path
 from typing import Iterator
@@ -18,14 +17,12 @@ from typing import Iterator
 import httpx
 import openai
 import pytest
-from dotenv import dotenv_values
 
-from conftest import REPO_ROOT
-from stack_support import MODEL, LocalStack, free_port
+from nginx_support import NginxStack, base_env
+from stack_support import API_KEY, DASH_PASSWORD, DASH_USER, MODEL, LocalStack
 
 pytestmark = [pytest.mark.e2e]
 
-from stack_support import API_KEY, DASH_PASSWORD, DASH_USER
 # Long enough (~1.5 s on 2 cores) that arrival times show streaming: with a few
 # hundred tokens the tiny model finishes before Ray Serve's 2-core scheduling
 # settles, and chunks bunch up even without Nginx (measured; see plan.md).
@@ -35,35 +32,14 @@ STREAM_TOKENS = 1500
 @pytest.fixture(scope="module")
 def open_nginx(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A second Nginx from the same template, without an API key, in front of the same Serve."""
-    root = tmp_path_factory.mktemp("open-nginx")
-    port = free_port()
-    dotenv = {k: v or "" for k, v in dotenv_values(REPO_ROOT / ".env").items()}
-    env = {**dotenv, **stack.env(), "OPENAI_API_KEY": "", "NGINX_HTTP_PORT": str(port),
-           "NGINX_UPSTREAM_HOST": "127.0.0.1", "NGINX_BIND_ADDRESS": "127.0.0.1",
-           "NGINX_CERTS_DIR": str(root / "no-certs")}
-    rendered = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "render-nginx.sh"), str(root / "conf")],
-                              env=env, capture_output=True, text=True, check=False)
-    assert rendered.returncode == 0, rendered.stderr
-    (root / "prefix").mkdir()
-    log = (root / "nginx.log").open("w")
-    proc = subprocess.Popen(["nginx", "-p", f"{root}/prefix/", "-e", "stderr", "-c", str(root / "conf" / "nginx.conf"),
-                             "-g", "daemon off;"], stdout=log, stderr=log, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "open nginx did not start:\n" + (root / "nginx.log").read_text()
-        time.sleep(0.2)
+    nginx = NginxStack(tmp_path_factory.mktemp("open-nginx"),
+                       base_env(OPENAI_API_KEY="", RAY_API_PORT=str(stack.api_port),
+                                RAY_DASHBOARD_PORT=str(stack.dashboard_port)))
+    nginx.start(with_upstreams=False)
     try:
-        yield url
+        yield nginx.url
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        log.close()
+        nginx.stop()
 
 
 @pytest.fixture()

@@ -18,10 +18,9 @@ import time
 from pathlib import Path
 
 import httpx
-import openai
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, session_processes
 from stack_support import API_KEY, DASH_PASSWORD, DASH_USER, HF_TOKEN, MODEL, RAY_TOKEN, LocalStack
 
 pytestmark = [pytest.mark.e2e]
@@ -78,7 +77,7 @@ def test_secrets_never_reach_logs_apis_or_process_list(stack: LocalStack) -> Non
     # No Ray/vLLM process holds the Hugging Face token in its environment
     # (Ray Serve LLM would copy it into runtime_env, which Ray logs).
     sid = stack.session_pids()["serve"]
-    pids = subprocess.run(["pgrep", "-s", str(sid)], text=True, capture_output=True, check=False).stdout.split()
+    pids = session_processes(sid)
     assert pids
     for pid in pids:
         if pid == str(sid):
@@ -192,9 +191,7 @@ def test_load_64_streams_for_60_seconds(stack: LocalStack) -> None:
 
 # ------------------------------------------------------------------- faults ---
 def engine_pids(stack: LocalStack) -> list[int]:
-    sid = stack.session_pids()["serve"]
-    out = subprocess.run(["pgrep", "-s", str(sid), "-f", "EngineCore"], text=True, capture_output=True, check=False)
-    return [int(p) for p in out.stdout.split()]
+    return [int(p) for p in session_processes(stack.session_pids()["serve"], "EngineCore")]
 
 
 def test_killed_engine_fails_fast_and_recovers_by_itself(stack: LocalStack) -> None:

@@ -18,9 +18,8 @@ from typing import Callable, Iterator
 import pytest
 from dotenv import dotenv_values
 
-from cluster_support import Node, TwoHosts, session_pids
-from conftest import REPO_ROOT, require_tool
-from stack_support import free_port
+from cluster_support import Node, TwoHosts
+from conftest import REPO_ROOT, free_port, require_tool, session_processes
 
 pytestmark = [pytest.mark.multinode]
 
@@ -163,7 +162,7 @@ def test_engine_on_worker_answers_through_head_nginx(cluster: Cluster) -> None:
 def test_per_node_settings_stay_on_their_node(cluster: Cluster) -> None:
     worker = cluster.nodes["worker"]
     assert worker.proc is not None
-    engines = [pid for pid in session_pids(worker.proc.pid)
+    engines = [pid for pid in session_processes(worker.proc.pid)
                if "EngineCore" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
                or "LLMServer" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")]
     assert engines, "no engine process found in the worker's session"

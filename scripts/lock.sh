@@ -13,7 +13,7 @@ compile_gpu() { # $1 = output, $2 = platform
 }
 compile_cpu() {
   uv pip compile requirements-cpu.in --override overrides-cpu.txt \
-    --find-links "$TORCH_CPU_FIND_LINKS" --emit-find-links --python-version 3.11 \
+    --find-links "$TORCH_CPU_FIND_LINKS" --python-version 3.11 \
     --python-platform x86_64-manylinux_2_28 --generate-hashes --quiet -o "$1"
 }
 compile_dev() {

@@ -209,7 +209,17 @@ run_worker() {
   exit $((rc == 0 ? 1 : rc))
 }
 
+# In Compose, .secrets is a mounted file (scripts/container-entrypoint.sh
+# points RAY_LLM_SECRETS_FILE at it): read RAY_AUTH_TOKEN and HF_TOKEN there.
+# Variables already set win, as everywhere else.
+load_secrets() {
+  [[ -n "${RAY_LLM_SECRETS_FILE:-}" ]] || return 0
+  [[ -r "$RAY_LLM_SECRETS_FILE" ]] || die "cannot read the secrets file $RAY_LLM_SECRETS_FILE (RAY_LLM_SECRETS_FILE)"
+  load_env_files "$RAY_LLM_SECRETS_FILE"
+}
+
 main() {
+  load_secrets
   case "${1:-}" in
     head) diagnose head; run_head ;;
     worker) diagnose worker; run_worker ;;

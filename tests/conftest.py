@@ -20,6 +20,13 @@ sys.path.insert(0, str(REPO_ROOT / "tests"))
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "e2e: real Ray Serve LLM + vLLM (CPU) behind real Nginx")
     config.addinivalue_line("markers", "multinode: two Ray nodes on one machine")
+    config.addinivalue_line("markers", "docker: the Compose stack on a real Docker engine (scripts/test.sh starts one)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Docker tests first: their stack is down before the session's local stack
+    starts, so two CPU engines never share the machine."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("docker") else 1)
 
 
 def clean_env(**extra: str) -> dict[str, str]:

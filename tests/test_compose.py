@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -39,21 +40,38 @@ def test_default_stack_from_repo_root(project: ComposeProject) -> None:
     targets = {v["target"]: v for v in serve["volumes"]}
     assert targets["/cache"]["type"] == "volume"
     assert targets["/models"]["read_only"] is True
-    # Nginx renders its config from the templates, never sees the HF token.
-    assert {v["target"] for v in nginx["volumes"]} >= {"/etc/nginx/templates"}
-    assert nginx["environment"]["HF_TOKEN"] == ""
+    # Nginx is the project's image (render.sh inside), built FROM the official one.
+    assert nginx["image"] == "ray-llm-nginx:local" and nginx["build"]["args"]["NGINX_BASE_IMAGE"] == "nginx:1.29-alpine"
     assert serve["environment"]["MODEL_ID"] == "Qwen/Qwen2.5-1.5B-Instruct"
+    assert serve["build"]["args"]["FLAVOR"] == "gpu" and serve["build"]["target"] == "runtime"
 
 
-def test_missing_secrets_file_is_fine_and_present_one_is_read(project: ComposeProject) -> None:
-    assert not (project.root / ".secrets").exists()
+SECRET_NAMES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_TOKEN", "OPENAI_API_KEY", "RAY_AUTH_TOKEN",
+                "NGINX_DASHBOARD_USER", "NGINX_DASHBOARD_PASSWORD")
+
+
+@pytest.mark.parametrize("profile", ["single", "cpu", "head", "worker"])
+def test_secrets_are_a_mounted_file_never_environment(project: ComposeProject, profile: str) -> None:
+    """No secret value in any container's configuration (what `docker inspect` shows)."""
+    planted = {name: f"planted-{name.lower()}-value" for name in SECRET_NAMES}
+    (project.root / ".secrets").write_text("".join(f"{k}={v}\n" for k, v in planted.items()))
+    (project.root / ".secrets").chmod(0o600)
+    project.set_env(COMPOSE_PROFILES=profile, VLLM_HOST_IP="10.0.0.1", RAY_HEAD_HOST="10.0.0.1")
     cfg = project.config()
-    assert "OPENAI_API_KEY" not in cfg["services"]["ray-serve"]["environment"]
-    (project.root / ".secrets").write_text("HF_TOKEN=hf_abc\nOPENAI_API_KEY=sk-test\n")
-    cfg = project.config()
-    assert cfg["services"]["ray-serve"]["environment"]["HF_TOKEN"] == "hf_abc"
-    assert cfg["services"]["nginx"]["environment"]["OPENAI_API_KEY"] == "sk-test"
-    assert cfg["services"]["nginx"]["environment"]["HF_TOKEN"] == ""
+    rendered = json.dumps(cfg)
+    for name, value in planted.items():
+        assert value not in rendered, name
+    assert cfg["secrets"]["ray-llm"]["file"] == str(project.root / ".secrets")
+    for name, service in cfg["services"].items():
+        assert not set(service.get("environment", {})) & set(SECRET_NAMES), name
+        assert [s["source"] for s in service["secrets"]] == ["ray-llm"], name
+
+
+def test_secrets_file_location_follows_env(project: ComposeProject, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "site-secrets"
+    elsewhere.write_text("OPENAI_API_KEY=sk-x\n")
+    cfg = project.config(SECRETS_FILE=str(elsewhere))
+    assert cfg["secrets"]["ray-llm"]["file"] == str(elsewhere)
 
 
 def test_ports_follow_env(project: ComposeProject) -> None:
@@ -71,6 +89,94 @@ def test_ports_follow_env(project: ComposeProject) -> None:
 def test_shell_wins_over_env_file(project: ComposeProject) -> None:
     cfg = project.config(NGINX_HTTP_PORT="18080")
     assert ("0.0.0.0", "18080", 18080) in published(cfg["services"]["nginx"])
+
+
+def serving_settings() -> list[str]:
+    """Every non-secret setting src/settings.py reads."""
+    from settings import VARIABLES
+
+    return [v.name for v in VARIABLES if not v.secret]
+
+
+@pytest.mark.parametrize("profile", ["single", "cpu", "head", "worker"])
+def test_every_setting_set_in_the_shell_reaches_the_serving_container(project: ComposeProject,
+                                                                      profile: str) -> None:
+    """`MAX_MODEL_LEN=4096 docker compose up -d` must really serve 4096: settings
+    reach the containers through interpolation, where the shell wins."""
+    shell = {name: f"shell-{name.lower()}" for name in serving_settings()}
+    # Compose itself needs valid values for these.
+    shell.update(RAY_API_PORT="9000", RAY_DASHBOARD_PORT="9265", NGINX_HTTP_PORT="8080",
+                 NGINX_HTTPS_PORT="8443", GPUS_PER_NODE="2", SERVE_STOP_GRACE_PERIOD="75s",
+                 VLLM_HOST_IP="10.9.9.9", NCCL_SOCKET_IFNAME="ib-shell", RAY_HEAD_HOST="10.9.9.1")
+    project.set_env(COMPOSE_PROFILES=profile)
+    cfg = project.config(**shell)
+    name = {"single": "ray-serve", "cpu": "ray-serve-cpu", "head": "ray-head", "worker": "ray-worker"}[profile]
+    env = cfg["services"][name]["environment"]
+    fixed = {"cpu": {"DEVICE", "MODEL_ID"}, "head": {"RAY_API_HOST"}}.get(profile, set())
+    for variable in serving_settings():
+        if variable not in fixed:
+            assert env.get(variable) == shell[variable], variable
+    if profile in ("head", "worker"):
+        assert env["VLLM_HOST_IP"] == "10.9.9.9" and env["NCCL_SOCKET_IFNAME"] == "ib-shell"
+
+
+def test_nginx_settings_set_in_the_shell_reach_nginx(project: ComposeProject) -> None:
+    cfg = project.config(NGINX_CLIENT_MAX_BODY_SIZE="3m", NGINX_RATE_LIMIT="5r/s", NGINX_PROXY_READ_TIMEOUT="90s")
+    env = cfg["services"]["nginx"]["environment"]
+    assert (env["NGINX_CLIENT_MAX_BODY_SIZE"], env["NGINX_RATE_LIMIT"], env["NGINX_PROXY_READ_TIMEOUT"]) == (
+        "3m", "5r/s", "90s")
+
+
+def test_cpu_profile(project: ComposeProject) -> None:
+    """COMPOSE_PROFILES=cpu: the CPU image, no GPU reservation, the same Nginx."""
+    project.set_env(COMPOSE_PROFILES="cpu")
+    cfg = project.config()
+    assert set(cfg["services"]) == {"ray-serve-cpu", "nginx"}
+    serve, nginx = cfg["services"]["ray-serve-cpu"], cfg["services"]["nginx"]
+    assert "deploy" not in serve or not serve["deploy"].get("resources")
+    assert serve["image"] == "ray-llm-serve:cpu-local"
+    build = serve["build"]
+    assert build["target"] == "runtime" and build["args"]["FLAVOR"] == "cpu"
+    assert build["args"]["CPU_BASE_IMAGE"] == "debian:bookworm-slim"
+    assert build["args"]["CPU_TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+    assert build["additional_contexts"]["cpu-wheels"] == str(project.root / "docker" / "cpu-wheels")
+    assert build["secrets"] == [{"source": "ca_bundle"}] or [s["source"] for s in build["secrets"]] == ["ca_bundle"]
+    assert cfg["secrets"]["ca_bundle"]["file"] == "/dev/null"
+    env = serve["environment"]
+    assert env["DEVICE"] == "cpu" and env["MODEL_ID"] == "Qwen/Qwen2.5-0.5B-Instruct"
+    # Nginx finds it under the GPU service's name; it waits for it to be healthy.
+    assert serve["networks"]["llm"]["aliases"] == ["ray-serve"]
+    assert nginx["environment"]["NGINX_UPSTREAM_HOST"] == "ray-serve"
+    assert nginx["depends_on"]["ray-serve-cpu"]["condition"] == "service_healthy"
+    assert published(serve) == {("127.0.0.1", "8000", 8000), ("127.0.0.1", "8265", 8265)}
+    assert serve["healthcheck"]["start_period"] and serve["restart"] == "unless-stopped"
+
+
+def test_build_options_follow_env(project: ComposeProject, tmp_path: Path) -> None:
+    ca = tmp_path / "corp-ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    project.set_env(COMPOSE_PROFILES="cpu")
+    cfg = project.config(BUILD_CA_BUNDLE=str(ca), CPU_WHEELS_DIR=str(wheels), CPU_TORCH_INDEX_URL="",
+                         CPU_BASE_IMAGE="example.org/debian:12", NGINX_BASE_IMAGE="example.org/nginx:1")
+    serve = cfg["services"]["ray-serve-cpu"]
+    assert cfg["secrets"]["ca_bundle"]["file"] == str(ca)
+    assert serve["build"]["additional_contexts"]["cpu-wheels"] == str(wheels)
+    assert serve["build"]["args"]["CPU_TORCH_INDEX_URL"] == ""
+    assert serve["build"]["args"]["CPU_BASE_IMAGE"] == "example.org/debian:12"
+    assert cfg["services"]["nginx"]["build"]["args"]["NGINX_BASE_IMAGE"] == "example.org/nginx:1"
+
+
+def test_serving_containers_start_as_root_only_to_drop_it(project: ComposeProject) -> None:
+    """Started as root to read the host user's 0600 .secrets; the entry point
+    drops to the image's user, with tini as PID 1 (so no Docker init)."""
+    for profile, name in (("single", "ray-serve"), ("cpu", "ray-serve-cpu")):
+        project.set_env(COMPOSE_PROFILES=profile)
+        serve = project.config()["services"][name]
+        assert serve["user"] == "0:0" and serve["init"] is False
+        assert serve["tmpfs"] == ["/run/ray-llm:uid=10001,gid=10001,mode=0700"]
+        assert serve["healthcheck"]["test"][1] == "/app/scripts/container-entrypoint.sh"
 
 
 @pytest.mark.parametrize("variable", ["MODEL_ID", "RAY_API_PORT", "GPUS_PER_NODE", "NGINX_HTTP_PORT"])
@@ -140,12 +246,12 @@ def test_nginx_is_hardened(project: ComposeProject) -> None:
     nginx = project.config()["services"]["nginx"]
     assert nginx["read_only"] is True
     assert nginx["cap_drop"] == ["ALL"]
-    assert set(nginx["cap_add"]) <= {"CHOWN", "SETUID", "SETGID", "NET_BIND_SERVICE"}
+    assert set(nginx["cap_add"]) <= {"CHOWN", "SETUID", "SETGID", "NET_BIND_SERVICE", "DAC_READ_SEARCH"}
     assert set(nginx["tmpfs"]) == {"/etc/nginx/conf.d:mode=0755", "/tmp:mode=1777"}
     assert nginx["stop_signal"] == "SIGQUIT"
 
 
-@pytest.mark.parametrize("profile", ["single", "head", "worker"])
+@pytest.mark.parametrize("profile", ["single", "cpu", "head", "worker"])
 def test_every_container_has_no_new_privileges(project: ComposeProject, profile: str) -> None:
     project.set_env(COMPOSE_PROFILES=profile)
     for name, service in project.config()["services"].items():

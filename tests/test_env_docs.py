@@ -101,7 +101,9 @@ def test_secrets_and_runtime_files_are_ignored() -> None:
         assert entry in gitignore, entry
     for entry in (".secrets", ".runtime/", ".venv/", ".env"):
         assert entry in dockerignore, entry
-    # The build context is an allow-list: the lock, src/ and the node entry point.
+    # The build context is an allow-list: the locks, src/, the entry points
+    # and the build's CA helper.
     start = dockerignore.index("*")
-    assert dockerignore[start:start + 5] == ["*", "!requirements.txt", "!src/", "!scripts/ray-node.sh",
-                                             "!scripts/lib.sh"]
+    assert dockerignore[start:start + 8] == ["*", "!requirements.txt", "!requirements-cpu.txt", "!src/",
+                                             "!scripts/container-entrypoint.sh", "!scripts/ray-node.sh",
+                                             "!scripts/lib.sh", "!docker/with-build-ca.sh"]

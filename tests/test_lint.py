@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
+
+import pytest
 
 from conftest import REPO_ROOT, require_tool, run
 
@@ -27,10 +30,20 @@ def shell_scripts() -> list[Path]:
     return scripts
 
 
-def test_hadolint_passes() -> None:
-    out = run([require_tool("hadolint"), "--config", str(REPO_ROOT / ".hadolint.yaml"),
-               str(REPO_ROOT / "docker" / "Dockerfile")])
+DOCKERFILES = [REPO_ROOT / "docker" / "Dockerfile", REPO_ROOT / "docker" / "nginx" / "Dockerfile",
+               REPO_ROOT / "tests" / "standins" / "nginx.Dockerfile"]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.relative_to(REPO_ROOT).as_posix())
+def test_hadolint_passes(dockerfile: Path) -> None:
+    out = run([require_tool("hadolint"), "--config", str(REPO_ROOT / ".hadolint.yaml"), str(dockerfile)])
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.relative_to(REPO_ROOT).as_posix())
+def test_no_syntax_directive(dockerfile: Path) -> None:
+    """`# syntax=` makes BuildKit fetch its frontend from Docker Hub: offline builds fail."""
+    assert not re.search(r"^#\s*syntax\s*=", dockerfile.read_text(), re.M | re.I)
 
 
 def test_hadolint_can_fail(tmp_path: Path) -> None:
@@ -55,6 +68,11 @@ def test_scripts_are_strict() -> None:
         text = script.read_text()
         if script.suffix == ".envsh" or script.name == "lib.sh":
             continue  # sourced files inherit their caller's options
+        if text.startswith("#!/bin/sh"):
+            # POSIX sh (the Alpine nginx image's busybox, image entry points):
+            # -E and pipefail are bash options.
+            assert "\nset -eu\n" in text, f"{script} lacks set -eu"
+            continue
         assert "set -Eeuo pipefail" in text, f"{script} lacks set -Eeuo pipefail"
 
 

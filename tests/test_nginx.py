@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from conftest import REPO_ROOT, require_tool
 from nginx_support import (
     ENVSH,
     ENVSUBST,
@@ -26,6 +27,7 @@ from nginx_support import (
     OPENSSL,
     SSE_EVENTS,
     SSE_INTERVAL_S,
+    TEMPLATES,
     NginxStack,
     base_env,
     make_cert,
@@ -249,41 +251,88 @@ def test_dashboard_misconfiguration_is_refused(tmp_path: Path, overrides: dict[s
     assert not (tmp_path / "conf" / "dashboard.htpasswd").exists()
 
 
-def _entrypoint(shell: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """What the official /docker-entrypoint.sh does with *.envsh: `set -e`, then source."""
-    script = ('set -e\nfor f in "$0"; do case "$f" in *.envsh) if [ -x "$f" ]; then . "$f"; fi ;; esac; done\n'
-              'echo STARTED; env')
-    return subprocess.run([*shell, "-c", script, str(ENVSH)], env=env, text=True, capture_output=True,
-                          timeout=30, check=False)
+RENDER_SH = REPO_ROOT / "docker" / "nginx" / "render.sh"
+SHELLS = [["sh"], ["busybox", "sh"]]  # Debian's dash, and the Alpine image's busybox
 
 
-@pytest.mark.parametrize("shell", [["sh"], ["busybox", "sh"]], ids=["sh", "busybox"])
-def test_bad_key_stops_the_official_entrypoint(shell: list[str]) -> None:
-    if shutil.which(shell[0]) is None:
-        pytest.skip(f"{shell[0]} is not installed")
-    assert os.access(ENVSH, os.X_OK), "the official entrypoint only sources executable *.envsh"
-    bad = _entrypoint(shell, base_env(OPENAI_API_KEY="ab;c"))
-    assert bad.returncode != 0 and "STARTED" not in bad.stdout
+def _render_sh(shell: list[str], env: dict[str, str], out: Path) -> subprocess.CompletedProcess[str]:
+    """docker/nginx/render.sh as the nginx image runs it (no host wrapper)."""
+    require_tool(shell[0])
+    return subprocess.run([*shell, str(RENDER_SH), str(TEMPLATES), str(out)], env=env, text=True,
+                          capture_output=True, timeout=30, check=False)
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=["sh", "busybox"])
+def test_bad_key_stops_the_image_render(shell: list[str], tmp_path: Path) -> None:
+    bad = _render_sh(shell, base_env(OPENAI_API_KEY="ab;c"), tmp_path / "bad")
+    assert bad.returncode != 0 and not (tmp_path / "bad" / "nginx.conf").exists()
     assert "OPENAI_API_KEY" in bad.stderr and "ab;c" not in bad.stderr
-    good = _entrypoint(shell, base_env(OPENAI_API_KEY=API_KEY))
-    assert good.returncode == 0 and "STARTED" in good.stdout, good.stderr
-    assert "NGINX_API_AUTH_OPEN=0" in good.stdout.splitlines()  # exported to later scripts
+    good = _render_sh(shell, base_env(OPENAI_API_KEY=API_KEY), tmp_path / "good")
+    assert good.returncode == 0, good.stderr
+    assert "Bearer " + re.sub(r"([.+])", r"[\1]", API_KEY) in (tmp_path / "good" / "nginx.conf").read_text()
 
 
-@pytest.mark.parametrize("shell", [["sh"], ["busybox", "sh"]], ids=["sh", "busybox"])
-def test_dashboard_envsh_in_the_official_entrypoint(shell: list[str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("shell", SHELLS, ids=["sh", "busybox"])
+def test_dashboard_checks_in_the_image_shells(shell: list[str], tmp_path: Path) -> None:
     """The dashboard checks and the password file, in the shells the image has."""
-    if shutil.which(shell[0]) is None:
-        pytest.skip(f"{shell[0]} is not installed")
     out = tmp_path / "out"
-    out.mkdir()
-    good = _entrypoint(shell, base_env(NGINX_ENVSUBST_OUTPUT_DIR=str(out), **DASH_ENV))
-    assert good.returncode == 0 and "STARTED" in good.stdout, good.stderr
-    assert "NGINX_DASHBOARD_INCLUDE=dashboard-on.conf" in good.stdout.splitlines()
+    good = _render_sh(shell, base_env(**DASH_ENV), out)
+    assert good.returncode == 0, good.stderr
+    assert "include dashboard-on.conf;" in (out / "nginx.conf").read_text()
     assert (out / "dashboard.htpasswd").read_text() == f"{DASH_USER}:{{PLAIN}}{DASH_PASSWORD}\n"
-    bad = _entrypoint(shell, base_env(NGINX_ENVSUBST_OUTPUT_DIR=str(out), **{**DASH_ENV, "RAY_AUTH_TOKEN": ""}))
-    assert bad.returncode != 0 and "STARTED" not in bad.stdout and "RAY_AUTH_TOKEN" in bad.stderr
+    bad = _render_sh(shell, base_env(**{**DASH_ENV, "RAY_AUTH_TOKEN": ""}), tmp_path / "bad")
+    assert bad.returncode != 0 and "RAY_AUTH_TOKEN" in bad.stderr
     assert DASH_PASSWORD not in bad.stderr
+
+
+SECRETS_FILE_CASES = [
+    ("OPENAI_API_KEY=sk-plain\n", "sk-plain"),
+    ("OPENAI_API_KEY='sk-single'\n", "sk-single"),
+    ('OPENAI_API_KEY="sk-double"\n', "sk-double"),
+    ("export OPENAI_API_KEY=sk-exported\n", "sk-exported"),
+    ("  OPENAI_API_KEY=sk-comment # a note\n", "sk-comment"),
+    ("# OPENAI_API_KEY=sk-commented-out\nOPENAI_API_KEY=sk-real", "sk-real"),
+    ("HF_TOKEN=hf_x\nOPENAI_API_KEY=\n", ""),
+]
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=["sh", "busybox"])
+@pytest.mark.parametrize(("content", "expected"), SECRETS_FILE_CASES)
+def test_secrets_file_is_read_like_python_dotenv(shell: list[str], tmp_path: Path, content: str,
+                                                 expected: str) -> None:
+    """Compose mounts .secrets as a file (RAY_LLM_SECRETS_FILE); the image's sh
+    reads it the way deploy.py (python-dotenv) reads the same file."""
+    from dotenv import dotenv_values
+
+    secrets = tmp_path / "secrets"
+    secrets.write_text(content)
+    assert (dotenv_values(secrets).get("OPENAI_API_KEY") or "") == expected
+    env = base_env(RAY_LLM_SECRETS_FILE=str(secrets))
+    env.pop("OPENAI_API_KEY", None)
+    out = _render_sh(shell, env, tmp_path / "out")
+    assert out.returncode == 0, out.stderr
+    conf = (tmp_path / "out" / "nginx.conf").read_text()
+    if expected:
+        assert f"~^Bearer {expected}$" in conf and "default 0;" in conf
+    else:
+        assert "default 1;" in conf  # empty key: the API is open
+    assert "hf_x" not in conf  # only the four Nginx settings are taken
+
+
+def test_environment_wins_over_the_secrets_file(tmp_path: Path) -> None:
+    secrets = tmp_path / "secrets"
+    secrets.write_text("OPENAI_API_KEY=sk-from-file\n")
+    out = _render_sh(["sh"], base_env(RAY_LLM_SECRETS_FILE=str(secrets), OPENAI_API_KEY="sk-from-env"),
+                     tmp_path / "out")
+    assert out.returncode == 0, out.stderr
+    assert "sk-from-env" in (tmp_path / "out" / "nginx.conf").read_text()
+
+
+def test_unreadable_secrets_file_stops_the_render(tmp_path: Path) -> None:
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()  # exists, but cannot be read as a file
+    out = _render_sh(["sh"], base_env(RAY_LLM_SECRETS_FILE=str(secrets)), tmp_path / "out")
+    assert out.returncode != 0 and "RAY_LLM_SECRETS_FILE" in out.stderr
 
 
 # --- Real traffic ---------------------------------------------------------------------

@@ -1,0 +1,95 @@
+#!/bin/sh
+# render.sh TEMPLATE_DIR OUT_DIR
+#
+# The one way Nginx's configuration is made, in every mode: the project's
+# nginx image runs it at start (docker/nginx/entrypoint.sh), and
+# scripts/render-nginx.sh runs it for host runs (scripts/local-stack.sh) and
+# the tests. POSIX sh (busybox in the Alpine-based image).
+#
+#   1. Secrets: when RAY_LLM_SECRETS_FILE names a file (Compose mounts .secrets
+#      at /run/secrets/ray-llm), the settings Nginx needs are read from it:
+#      OPENAI_API_KEY, NGINX_DASHBOARD_USER, NGINX_DASHBOARD_PASSWORD and
+#      RAY_AUTH_TOKEN, with scripts/lib.sh's dotenv rules. A variable already
+#      set in the environment wins. Nothing else is taken from the file.
+#   2. entrypoint.d/05-ray-llm.envsh (next to this file) checks every setting
+#      and exports the derived NGINX_* values; a bad value ends everything
+#      with exit status 1 and a message naming the variable.
+#   3. Every TEMPLATE_DIR/*.template is rendered into OUT_DIR (suffix removed)
+#      by envsubst restricted to the names of the variables that are defined,
+#      so nginx's own $variables are kept.
+#
+# The output holds OPENAI_API_KEY and RAY_AUTH_TOKEN: its files are private
+# (umask 077).
+set -eu
+
+ray_llm_render_usage() {
+    echo "Usage: render.sh TEMPLATE_DIR OUT_DIR" >&2
+    exit 2
+}
+
+# ray_llm_load_secrets FILE: export the secrets Nginx uses from a dotenv file.
+# Values are literal; one pair of surrounding quotes is removed; an unquoted
+# value ends at " #" (an inline comment).
+ray_llm_load_secrets() {
+    while IFS= read -r line || [ -n "$line" ]; do
+        line=${line#"${line%%[![:space:]]*}"}
+        case $line in
+            export[[:space:]]*) line=${line#export}; line=${line#"${line%%[![:space:]]*}"} ;;
+        esac
+        key=${line%%=*}
+        [ "$key" != "$line" ] || continue
+        case $key in
+            OPENAI_API_KEY | NGINX_DASHBOARD_USER | NGINX_DASHBOARD_PASSWORD | RAY_AUTH_TOKEN) ;;
+            *) continue ;;
+        esac
+        value=${line#*=}
+        trimmed=${value%"${value##*[![:space:]]}"}
+        case $trimmed in
+            \"*\") value=${trimmed#\"}; value=${value%\"} ;;
+            \'*\') value=${trimmed#\'}; value=${value%\'} ;;
+            *)
+                value=${value%%[[:space:]]#*}
+                value=${value%"${value##*[![:space:]]}"}
+                ;;
+        esac
+        # $key is one of the four literal names above.
+        if [ -z "$(eval "printf '%s' \"\${$key+set}\"")" ]; then
+            eval "$key=\$value"
+            export "${key?}"
+        fi
+    done <"$1"
+    unset line key value trimmed
+}
+
+ray_llm_render() {
+    template_dir=$1
+    out_dir=$2
+    defined_envs=$(awk 'END { for (name in ENVIRON) printf "${%s} ", name }' </dev/null)
+    find "$template_dir" -follow -type f -name '*.template' -print | sort | while IFS= read -r template; do
+        relative=${template#"$template_dir/"}
+        output="$out_dir/${relative%.template}"
+        mkdir -p "$(dirname "$output")"
+        envsubst "$defined_envs" <"$template" >"$output"
+        echo "render.sh: rendered $output" >&2
+    done
+}
+
+[ $# -eq 2 ] && [ -n "$1" ] && [ -n "$2" ] || ray_llm_render_usage
+umask 077
+here=$(cd "$(dirname "$0")" && pwd)
+if [ -n "${RAY_LLM_SECRETS_FILE:-}" ] && [ -e "$RAY_LLM_SECRETS_FILE" ]; then
+    if [ ! -f "$RAY_LLM_SECRETS_FILE" ] || [ ! -r "$RAY_LLM_SECRETS_FILE" ]; then
+        echo "render.sh: ERROR: cannot read the secrets file $RAY_LLM_SECRETS_FILE (RAY_LLM_SECRETS_FILE): not a readable file" >&2
+        exit 1
+    fi
+    ray_llm_load_secrets "$RAY_LLM_SECRETS_FILE"
+fi
+mkdir -p "$2"
+NGINX_ENVSUBST_OUTPUT_DIR=$(cd "$2" && pwd)
+export NGINX_ENVSUBST_OUTPUT_DIR
+# The checks are written for sh without `set -u` (unset means empty).
+set +u
+# shellcheck source=docker/nginx/entrypoint.d/05-ray-llm.envsh
+. "$here/entrypoint.d/05-ray-llm.envsh"
+set -u
+ray_llm_render "$1" "$NGINX_ENVSUBST_OUTPUT_DIR"

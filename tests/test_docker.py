@@ -1,0 +1,283 @@
+"""The README's main command for real: `docker compose up` of the cpu profile on
+a real Docker engine, through the repo's compose file and .env, with
+environment overrides only (the tiny model mounted through MODELS_DIR).
+
+The tests share one stack and run in file order; the last one takes it down.
+Timings go to .runtime/docker-timings.json (scripts/test.sh prints them).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from conftest import REPO_ROOT
+from docker_support import (
+    API_KEY,
+    DASH_PASSWORD,
+    HF_TOKEN,
+    MODEL,
+    NGINX,
+    RAY_TOKEN,
+    SERVE,
+    ComposeStack,
+    make_tiny_model,
+    wait_for,
+)
+
+pytestmark = pytest.mark.docker
+
+TIMINGS = REPO_ROOT / ".runtime" / "docker-timings.json"
+PLANTED = {"OPENAI_API_KEY": API_KEY, "HF_TOKEN": HF_TOKEN, "RAY_AUTH_TOKEN": RAY_TOKEN,
+           "NGINX_DASHBOARD_PASSWORD": DASH_PASSWORD}
+timings: dict[str, float] = {}
+
+
+def record(name: str, seconds: float) -> None:
+    timings[name] = round(seconds, 1)
+    TIMINGS.parent.mkdir(parents=True, exist_ok=True)
+    TIMINGS.write_text(json.dumps(timings, indent=2) + "\n")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[ComposeStack]:
+    """Build, then `up -d --wait`; always `down --volumes` at the end, with logs on failure."""
+    make_tiny_model()
+    s = ComposeStack(tmp_path_factory.mktemp("compose"))
+    failed_before = request.session.testsfailed
+    try:
+        started = time.monotonic()
+        s.build = s.compose("build", timeout=1800)  # type: ignore[attr-defined]
+        record("build_s", time.monotonic() - started)
+        if s.build.returncode == 0:  # type: ignore[attr-defined]
+            s.up_started = datetime.now().astimezone()  # type: ignore[attr-defined]
+            started = time.monotonic()
+            s.up = s.compose("up", "-d", "--wait", timeout=1200)  # type: ignore[attr-defined]
+            record("up_wait_s", time.monotonic() - started)
+        yield s
+    finally:
+        if request.session.testsfailed > failed_before:
+            print("\n----- docker compose logs (tail) -----\n" + s.logs())
+        out = s.down()
+        assert out.returncode == 0, out.stderr
+        left = s.docker("ps", "-aq", "--filter", f"label=com.docker.compose.project={s.project}")
+        assert not left.stdout.split(), f"containers left behind: {left.stdout}"
+
+
+@pytest.fixture()
+def up(stack: ComposeStack) -> ComposeStack:
+    build = stack.build  # type: ignore[attr-defined]
+    assert build.returncode == 0, f"docker compose build failed:\n{build.stdout[-4000:]}{build.stderr[-4000:]}"
+    result = stack.up  # type: ignore[attr-defined]
+    assert result.returncode == 0, f"docker compose up -d --wait failed:\n{result.stderr[-3000:]}\n{stack.logs()}"
+    return stack
+
+
+def client(s: ComposeStack, key: str | None = API_KEY) -> openai.OpenAI:
+    return openai.OpenAI(base_url=s.base_url + "/v1", api_key=key or "none", max_retries=0, timeout=60)
+
+
+def chat_ok(s: ComposeStack) -> bool:
+    try:
+        reply = client(s).chat.completions.create(model=MODEL, max_tokens=4,
+                                                  messages=[{"role": "user", "content": "hello"}])
+    except openai.OpenAIError:
+        return False
+    return bool(reply.choices)
+
+
+def docker_time(text: str) -> datetime:
+    """Docker's RFC 3339 times carry nanoseconds; Python takes microseconds."""
+    return datetime.fromisoformat(re.sub(r"(\.\d{6})\d*", r"\1", text.replace("Z", "+00:00")))
+
+
+# --- Build and start ----------------------------------------------------------------
+
+def test_images_build(up: ComposeStack) -> None:
+    """`docker compose build`: the CPU image (same Dockerfile, FLAVOR=cpu) and the nginx image."""
+    for image in ("ray-llm-serve:cpu-local", "ray-llm-nginx:local"):
+        assert up.docker("image", "inspect", image).returncode == 0, image
+    config = up.inspect("ray-llm-serve:cpu-local")["Config"]
+    assert config["User"] == "10001"
+    assert config["Entrypoint"] == ["/app/scripts/container-entrypoint.sh"]
+    # The build's extra CA (a build secret) never lands in the image.
+    history = up.docker("history", "--no-trunc", "ray-llm-serve:cpu-local").stdout
+    assert "BEGIN CERTIFICATE" not in history
+
+
+def test_serving_is_healthy_only_after_a_completion_and_nginx_starts_after(up: ComposeStack) -> None:
+    serve_id, nginx_id = up.container(SERVE), up.container(NGINX)
+    since = up.up_started.isoformat()  # type: ignore[attr-defined]
+    events = up.docker("events", "--since", since, "--until", datetime.now().astimezone().isoformat(),
+                       "--filter", f"container={serve_id}", "--format", "{{json .}}")
+    assert events.returncode == 0, events.stderr
+    lines = [json.loads(line) for line in events.stdout.splitlines()]
+    healthy = [e for e in lines if e.get("status") == "health_status: healthy"]
+    assert healthy, "no health_status: healthy event"
+    first_healthy = healthy[0]["timeNano"]
+    probes = [e for e in lines if e.get("status", "").startswith("exec_die") and e["timeNano"] < first_healthy]
+    failed = [e for e in probes if e["Actor"]["Attributes"].get("exitCode") != "0"]
+    # The engine takes far longer to load than the 5 s start interval: the
+    # probe (a 1-token completion) failed before it first succeeded.
+    assert failed, "the healthcheck never failed while the model was loading: it does not wait for a completion"
+    nginx_started = docker_time(up.inspect(nginx_id)["State"]["StartedAt"])
+    assert nginx_started.timestamp() * 1e9 >= first_healthy, "nginx started before the model server was healthy"
+
+
+def test_api_through_the_published_port(up: ComposeStack) -> None:
+    assert httpx.get(up.base_url + "/healthz", timeout=10).json() == {"status": "ok"}
+    assert httpx.get(up.base_url + "/readyz", timeout=30).json() == {"status": "ready"}
+    with pytest.raises(openai.AuthenticationError):
+        client(up, key=None).models.list()
+    assert [m.id for m in client(up).models.list().data] == [MODEL]
+    chunks: list[str] = []
+    finish = None
+    for chunk in client(up).chat.completions.create(
+            model=MODEL, stream=True, max_tokens=16, messages=[{"role": "user", "content": "Say hello"}]):
+        if chunk.choices:
+            chunks.append(chunk.choices[0].delta.content or "")
+            finish = chunk.choices[0].finish_reason or finish
+    assert len(chunks) >= 2 and finish in ("length", "stop")
+
+
+def test_ray_ports_are_published_on_loopback_only(up: ComposeStack) -> None:
+    ports = up.inspect(up.container(SERVE))["NetworkSettings"]["Ports"]
+    bound = [b for bindings in ports.values() if bindings for b in bindings]
+    assert {int(b["HostPort"]) for b in bound} == {up.api_port, up.dashboard_port}
+    assert {b["HostIp"] for b in bound} == {"127.0.0.1"}
+
+
+def test_serving_processes_run_as_the_non_root_user(up: ComposeStack) -> None:
+    serve_id = up.container(SERVE)
+    top = up.docker("top", serve_id, "-eo", "uid,pid,comm")
+    assert top.returncode == 0, top.stderr
+    rows = [line.split(None, 2) for line in top.stdout.splitlines()[1:]]
+    assert len(rows) > 5 and {uid for uid, _, _ in rows} == {"10001"}, top.stdout
+    # PID 1 of the container is tini, as the app user.
+    pid1 = up.docker("exec", serve_id, "cat", "/proc/1/comm").stdout.strip()
+    assert pid1 == "tini"
+    # The fresh cache volume is the app user's: vLLM wrote its cache there.
+    probe = up.docker("exec", "-u", "10001", serve_id, "sh", "-c",
+                      "touch /cache/.write-probe && rm /cache/.write-probe && stat -c %U /cache /cache/vllm && "
+                      "find /cache/vllm -type f | head -n 1")
+    assert probe.returncode == 0, probe.stderr
+    owners, first_file = probe.stdout.splitlines()[:2], probe.stdout.splitlines()[2:]
+    assert owners == ["ray", "ray"] and first_file, probe.stdout
+
+
+def test_nginx_root_is_read_only(up: ComposeStack) -> None:
+    nginx_id = up.container(NGINX)
+    host_config = up.inspect(nginx_id)["HostConfig"]
+    assert host_config["ReadonlyRootfs"] is True and host_config["CapDrop"] == ["ALL"]
+    write = up.docker("exec", nginx_id, "touch", "/etc/nginx/probe")
+    assert write.returncode != 0 and "Read-only file system" in write.stderr
+    # Rendered at start by render.sh into the tmpfs.
+    listing = up.docker("exec", nginx_id, "ls", "/etc/nginx/conf.d")
+    assert "nginx.conf" in listing.stdout.split()
+
+
+def test_no_secret_in_docker_inspect(up: ComposeStack) -> None:
+    """Every container and image of the project: no planted secret value."""
+    ids = up.compose("ps", "-aq").stdout.split()
+    assert len(ids) == 2
+    inspected = up.docker("inspect", *ids, "ray-llm-serve:cpu-local", "ray-llm-nginx:local")
+    assert inspected.returncode == 0, inspected.stderr
+    for name, value in PLANTED.items():
+        assert value not in inspected.stdout, f"{name} is in docker inspect"
+    # ...yet they were used: the key gates the API, the dashboard takes its password.
+    assert chat_ok(up)
+    dash = httpx.get(up.base_url + "/dashboard/api/version", auth=("admin", DASH_PASSWORD), timeout=30)
+    assert dash.status_code == 200, dash.text
+
+
+def test_nginx_follows_a_recreated_model_server(up: ComposeStack) -> None:
+    nginx_id = up.container(NGINX)
+    before = up.inspect(nginx_id)["State"]
+    old_serve = up.container(SERVE)
+    started = time.monotonic()
+    out = up.compose("up", "-d", "--force-recreate", "--wait", SERVE, timeout=1200)
+    assert out.returncode == 0, out.stderr + up.logs()
+    assert up.container(SERVE) != old_serve
+    wait_for("a completion through nginx", lambda: chat_ok(up), timeout=120)
+    record("recreate_to_serving_s", time.monotonic() - started)
+    after = up.inspect(nginx_id)["State"]
+    assert up.container(NGINX) == nginx_id
+    assert (after["StartedAt"], after["Running"]) == (before["StartedAt"], True)
+    assert up.inspect(nginx_id)["RestartCount"] == 0
+
+
+KILL_DEPLOY_PY = """
+import os, signal
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\\0")
+    if int(pid) != os.getpid() and argv[0].endswith(b"python") and b"/app/src/deploy.py" in argv:
+        os.kill(int(pid), signal.SIGKILL)
+        print(pid)
+"""
+
+
+def test_killed_model_server_is_restarted_by_the_restart_policy(up: ComposeStack) -> None:
+    serve_id = up.container(SERVE)
+    restarts = up.inspect(serve_id)["RestartCount"]
+    started = time.monotonic()
+    # The image has no pkill: find deploy.py's Python process in /proc.
+    kill = up.docker("exec", serve_id, "python", "-c", KILL_DEPLOY_PY)
+    assert kill.returncode == 0 and kill.stdout.strip(), kill.stdout + kill.stderr
+    wait_for("a restart", lambda: up.inspect(serve_id)["RestartCount"] > restarts, timeout=120, interval=1)
+    wait_for("healthy again", lambda: up.health(SERVE) == "healthy", timeout=900, interval=3)
+    wait_for("a completion through nginx", lambda: chat_ok(up), timeout=120)
+    record("kill_to_serving_s", time.monotonic() - started)
+
+
+def test_stream_in_flight_completes_during_compose_down(up: ComposeStack) -> None:
+    """SIGQUIT to nginx, SIGTERM to deploy.py through tini and uv run: the
+    stream in flight finishes within SERVE_STOP_GRACE_PERIOD."""
+    result: dict[str, Any] = {}
+    first_token = threading.Event()
+
+    def stream() -> None:
+        tokens = 0
+        try:
+            for chunk in client(up).chat.completions.create(
+                    model=MODEL, stream=True, max_tokens=1500, extra_body={"ignore_eos": True},
+                    stream_options={"include_usage": True}, messages=[{"role": "user", "content": "go"}]):
+                if chunk.choices and chunk.choices[0].delta.content:
+                    tokens += 1
+                    first_token.set()
+                if chunk.choices and chunk.choices[0].finish_reason:
+                    result["finish"] = chunk.choices[0].finish_reason
+                if chunk.usage:
+                    result["completion_tokens"] = chunk.usage.completion_tokens
+        except Exception as err:  # noqa: BLE001 - reported below
+            result["error"] = repr(err)
+        finally:
+            result["chunks"] = tokens
+            first_token.set()
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    assert first_token.wait(120), "the stream never started"
+    assert "error" not in result, result
+    # `down` removes the containers: follow the model server's log meanwhile.
+    follow = subprocess.Popen(["docker", "logs", "-f", "--since", "1s", up.container(SERVE)], env=up.env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    started = time.monotonic()
+    down = up.compose("down", "--timeout", "60", timeout=300)
+    stop_s = time.monotonic() - started
+    thread.join(120)
+    serve_log, _ = follow.communicate(timeout=60)
+    record("compose_down_with_stream_s", stop_s)
+    assert down.returncode == 0, down.stderr
+    assert result.get("finish") == "length" and result.get("completion_tokens") == 1500, result
+    assert "deploy.py: SIGTERM: draining" in serve_log and "deploy.py: stopped cleanly" in serve_log, serve_log[-3000:]

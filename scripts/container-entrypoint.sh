@@ -11,8 +11,8 @@
 # app user before CMD runs. Started as the app user already (plain
 # `docker run`), it only does the last part.
 #
-# As PID 1 it runs CMD under tini (signals reach deploy.py, zombies are
-# reaped); as anything else (the healthcheck, `docker exec`) it runs CMD as is.
+# As PID 1 it runs CMD under tini (SIGTERM reaches uv run, which passes it to
+# deploy.py; zombies are reaped); as anything else (the healthcheck, `docker exec`) it runs CMD as is.
 set -eu
 
 mounted=/run/secrets/ray-llm
@@ -43,6 +43,9 @@ elif [ -r "$mounted" ]; then
 fi
 
 if [ "$$" = 1 ]; then
-    exec tini -g -- "$@"
+    # Not `tini -g`: signalling the whole process group would hit Ray's own
+    # daemons along with deploy.py and cut its graceful drain (seen in the
+    # Compose test: the drain never finished). deploy.py stops them itself.
+    exec tini -- "$@"
 fi
 exec "$@"

@@ -144,7 +144,29 @@ start_serve() {
   fi
   : >"$STACK_DIR/serve.log"
   log_info "starting Ray Serve LLM (logs: $STACK_DIR/serve.log)"
-  start_bg serve "$(serve_pid_file)" "$VENV/bin/python" "$REPO_ROOT/src/deploy.py"
+  start_bg serve "$(serve_pid_file)" "$REPO_ROOT/scripts/local-stack.sh" _supervise \
+    "$VENV/bin/python" "$REPO_ROOT/src/deploy.py"
+}
+
+# _supervise CMD...: the local stand-in for Compose's restart policy. Runs CMD
+# (deploy.py) and starts it again when it exits with status 3: the app stayed
+# unhealthy past WATCHDOG_RECOVERY_TIMEOUT. SIGTERM (down) is passed on.
+cmd_supervise() {
+  local child rc
+  trap 'kill -TERM "$child" 2>/dev/null || true' TERM
+  while true; do
+    "$@" &
+    child=$!
+    rc=0
+    wait "$child" || rc=$?
+    # A signal ends `wait` early: wait for deploy.py's own exit status.
+    while kill -0 "$child" 2>/dev/null; do
+      rc=0
+      wait "$child" || rc=$?
+    done
+    ((rc == 3)) || return "$rc"
+    log_warn "deploy.py exited with status 3 (unhealthy past WATCHDOG_RECOVERY_TIMEOUT): starting it again"
+  done
 }
 
 start_nginx() {
@@ -241,6 +263,7 @@ main() {
     down) cmd_down "$@" ;;
     status) cmd_status "$@" ;;
     logs) cmd_logs "$@" ;;
+    _supervise) cmd_supervise "$@" ;;
     *) die "usage: scripts/local-stack.sh up [serve|nginx] | down [serve|nginx] | status | logs [-f]" ;;
   esac
 }

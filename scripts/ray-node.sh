@@ -218,8 +218,15 @@ load_secrets() {
   load_env_files "$RAY_LLM_SECRETS_FILE"
 }
 
+# Ray's workers on this node import the model server class with the hang
+# watchdog (src/engine_watchdog.py): they inherit PYTHONPATH from `ray start`.
+export_src_path() {
+  export PYTHONPATH="$REPO_ROOT/src${PYTHONPATH:+:$PYTHONPATH}"
+}
+
 main() {
   load_secrets
+  export_src_path
   case "${1:-}" in
     head) diagnose head; run_head ;;
     worker) diagnose worker; run_worker ;;

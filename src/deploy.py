@@ -6,7 +6,8 @@ exist, or the secrets file named by RAY_LLM_SECRETS_FILE, which is how
 Compose hands over .secrets; variables already set win), validates all of it before importing Ray,
 then builds the LLMConfig and the OpenAI app and runs it with serve.run.
 
-Exit codes: 0 ok (or --dry-run), 2 bad configuration (nothing started).
+Exit codes: 0 ok (or --dry-run), 2 bad configuration (nothing started),
+3 the app stayed unhealthy past WATCHDOG_RECOVERY_TIMEOUT (restart it).
 """
 
 from __future__ import annotations
@@ -23,11 +24,16 @@ from pathlib import Path
 from typing import Any, Mapping, MutableMapping, Sequence
 
 import llm_config
+from engine_watchdog import WATCHDOG_TIMEOUT_VAR, Recovery
 from settings import HF_TOKEN_NAMES, ConfigError, Settings, help_text, parse_settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_FILES = (REPO_ROOT / ".env", REPO_ROOT / ".secrets")
 EXIT_CONFIG = 2
+# The app stayed unhealthy past WATCHDOG_RECOVERY_TIMEOUT: restart everything.
+EXIT_UNRECOVERED = 3
+# How often the running app's status is polled (for the second bound).
+STATUS_POLL_S = 5.0
 # Set by scripts/container-entrypoint.sh: the container's private copy of the
 # .secrets that Compose mounts (a Compose secret, never in the environment).
 SECRETS_FILE_VAR = "RAY_LLM_SECRETS_FILE"
@@ -110,6 +116,16 @@ def export_ray_auth(environ: MutableMapping[str, str], settings: Settings) -> No
         environ["RAY_AUTH_TOKEN"] = settings.ray_auth_token
 
 
+def export_for_workers(environ: MutableMapping[str, str], settings: Settings) -> None:
+    """What Ray's workers need from this process: src/ importable (the model
+    server class with the hang watchdog) and the watchdog's bound."""
+    src = str(Path(__file__).resolve().parent)
+    paths = [p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if src not in paths:
+        environ["PYTHONPATH"] = os.pathsep.join([src, *paths])
+    environ[WATCHDOG_TIMEOUT_VAR] = str(settings.watchdog_timeout_s)
+
+
 def log(message: str) -> None:
     print(f"deploy.py: {message}", file=sys.stderr, flush=True)
 
@@ -147,6 +163,24 @@ def raise_stop(signum: int, _frame: FrameType | None) -> None:
     raise StopRequested(signal.Signals(signum).name)
 
 
+def watch_app(serve: Any, recovery: Recovery) -> str:
+    """Poll the app's status until it has been unhealthy for too long; return why."""
+    previous = "RUNNING"
+    while True:
+        time.sleep(STATUS_POLL_S)
+        try:
+            status = str(serve.status().applications[llm_config.APP_NAME].status)
+        except Exception as err:  # noqa: BLE001 - the controller itself may be wedged
+            status = f"unknown ({err.__class__.__name__})"
+        status = status.rsplit(".", 1)[-1]
+        if status != previous:
+            log(f"application status: {previous} -> {status}")
+            previous = status
+        reason = recovery.observe(status == "RUNNING", time.monotonic(), status)
+        if reason:
+            return reason
+
+
 def serve_forever(settings: Settings) -> None:
     """Start (or join) Ray, deploy the app and block. The only place Ray is imported."""
     import ray
@@ -161,7 +195,14 @@ def serve_forever(settings: Settings) -> None:
     app = build_openai_app(llm_config.serving_args(settings))
     signal.signal(signal.SIGTERM, raise_stop)
     try:
-        serve.run(app, name=llm_config.APP_NAME, route_prefix=llm_config.ROUTE_PREFIX, blocking=True)
+        # Returns once the app runs; then watch it for the second bound.
+        serve.run(app, name=llm_config.APP_NAME, route_prefix=llm_config.ROUTE_PREFIX, blocking=False)
+        log(f"application {llm_config.APP_NAME!r} is running")
+        reason = watch_app(serve, Recovery(settings.watchdog_recovery_timeout_s))
+        log(f"watchdog: {reason}")
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        ray.shutdown()
+        raise SystemExit(EXIT_UNRECOVERED)
     except StopRequested as stop:
         # Replicas finish in-flight requests (graceful_shutdown_timeout_s)
         # before Serve and the private Ray cluster go away.
@@ -201,6 +242,7 @@ def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | 
     stash_hf_token(env, settings)
     export_ray_auth(env, settings)
     drop_empty_upstream_vars(env)
+    export_for_workers(env, settings)
     serve_forever(settings)
     return 0
 

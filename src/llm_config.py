@@ -8,11 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from engine_watchdog import HEALTH_CHECK_PERIOD_S, PROBE_TIMEOUT_S
 from settings import Settings
 
 # Application name and route of the OpenAI app in Ray Serve.
 APP_NAME = "llm"
 ROUTE_PREFIX = "/"
+# The model server with the hang watchdog (src/engine_watchdog.py), as the
+# import path LLMConfig.server_cls takes. Ray's workers import it from src/
+# (deploy.py and ray-node.sh put src/ on PYTHONPATH).
+WATCHED_SERVER_CLS = "engine_watchdog:WatchedLLMServer"
 # Seconds of SERVE_STOP_GRACE_PERIOD kept back for tearing Ray down after the
 # replicas drained, so Docker's SIGKILL never lands mid-shutdown.
 SHUTDOWN_MARGIN_S = 10
@@ -73,6 +78,12 @@ def llm_config(s: Settings) -> dict[str, Any]:
         },
         "engine_kwargs": engine_kwargs(s),
     }
+    if s.watchdog_timeout_s:
+        # Heartbeat every health check; Serve's own timeout only backs up the
+        # probe's (PROBE_TIMEOUT_S), which check_health enforces itself.
+        config["server_cls"] = WATCHED_SERVER_CLS
+        config["deployment_config"]["health_check_period_s"] = HEALTH_CHECK_PERIOD_S
+        config["deployment_config"]["health_check_timeout_s"] = PROBE_TIMEOUT_S + 10
     if s.device == "cpu":
         # CPU-only bundles: no GPU is requested, vLLM uses its CPU backend.
         config["accelerator_config"] = {"kind": "cpu"}

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, TypeVar
 
+from engine_watchdog import DEFAULT_RECOVERY_TIMEOUT_S, DEFAULT_WATCHDOG_TIMEOUT_S
+
 T = TypeVar("T")
 
 DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
@@ -21,6 +23,8 @@ PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 API_KEY_PATTERN = re.compile(r"^[A-Za-z0-9._~+/=-]+$")
 API_KEY_ALLOWED = "letters, digits and . _ ~ + / = -"
 HF_TOKEN_NAMES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_TOKEN")
+# Shortest hang bound accepted: a heartbeat waits for the engine's current step.
+MIN_WATCHDOG_TIMEOUT_S = 10
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("PLACEMENT_STRATEGY", "PACK", "Placement of one replica's bundles: " + ", ".join(PLACEMENT_STRATEGIES) + "."),
     Variable("NODE_WAIT_TIMEOUT", "600", "Seconds deploy.py waits for NUM_NODES nodes to join before giving up."),
     Variable("SERVE_STOP_GRACE_PERIOD", "60s", "On SIGTERM, time in-flight requests get to finish (e.g. 60s, 2m)."),
+    Variable("WATCHDOG_TIMEOUT", str(DEFAULT_WATCHDOG_TIMEOUT_S), "Seconds a running engine may leave its heartbeat unanswered before it is killed and its replica replaced (0 = off)."),
+    Variable("WATCHDOG_RECOVERY_TIMEOUT", str(DEFAULT_RECOVERY_TIMEOUT_S), "Seconds the app may stay unhealthy before deploy.py exits non-zero for a full restart (0 = never)."),
     Variable("HF_TOKEN", "", "Hugging Face token (.secrets). Also read: HUGGING_FACE_HUB_TOKEN, HUGGINGFACE_TOKEN.", secret=True),
     Variable("OPENAI_API_KEY", "", f"API key Nginx requires as 'Bearer' (.secrets). Allowed: {API_KEY_ALLOWED}.", secret=True),
     Variable("RAY_AUTH_TOKEN", "", "Ray cluster token shared by every node and Nginx (.secrets). Required for multi-node.", secret=True),
@@ -107,6 +113,8 @@ class Settings:
     placement_strategy: str = "PACK"
     node_wait_timeout_s: int = 600
     stop_grace_s: int = 60
+    watchdog_timeout_s: int = DEFAULT_WATCHDOG_TIMEOUT_S
+    watchdog_recovery_timeout_s: int = DEFAULT_RECOVERY_TIMEOUT_S
     hf_token: str | None = field(default=None, repr=False)
     openai_api_key: str | None = field(default=None, repr=False)
     ray_auth_token: str | None = field(default=None, repr=False)
@@ -323,6 +331,12 @@ def parse_settings(environ: Mapping[str, str]) -> Settings:
             "one Ray token (set it in .secrets on each node)."
         )
 
+    watchdog_timeout = r.integer("WATCHDOG_TIMEOUT", 0)
+    if 0 < watchdog_timeout < MIN_WATCHDOG_TIMEOUT_S:
+        r.problem("WATCHDOG_TIMEOUT", str(watchdog_timeout),
+                  f"expected 0 (off) or at least {MIN_WATCHDOG_TIMEOUT_S} seconds (one heartbeat can take "
+                  "a whole engine step)")
+
     settings = Settings(
         model_id=model_id,
         served_model_name=served,
@@ -350,6 +364,8 @@ def parse_settings(environ: Mapping[str, str]) -> Settings:
         placement_strategy=strategy,
         node_wait_timeout_s=r.integer("NODE_WAIT_TIMEOUT", 1),
         stop_grace_s=r.duration_s("SERVE_STOP_GRACE_PERIOD"),
+        watchdog_timeout_s=watchdog_timeout,
+        watchdog_recovery_timeout_s=r.integer("WATCHDOG_RECOVERY_TIMEOUT", 0),
         hf_token=r.first_secret(HF_TOKEN_NAMES),
         openai_api_key=api_key,
         ray_auth_token=ray_token,

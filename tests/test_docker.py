@@ -9,7 +9,9 @@ Timings go to .runtime/docker-timings.json (scripts/test.sh prints them).
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -84,13 +86,13 @@ def up(stack: ComposeStack) -> ComposeStack:
     return stack
 
 
-def client(s: ComposeStack, key: str | None = API_KEY) -> openai.OpenAI:
-    return openai.OpenAI(base_url=s.base_url + "/v1", api_key=key or "none", max_retries=0, timeout=60)
+def client(s: ComposeStack, key: str | None = API_KEY, timeout: float = 60) -> openai.OpenAI:
+    return openai.OpenAI(base_url=s.base_url + "/v1", api_key=key or "none", max_retries=0, timeout=timeout)
 
 
 def chat_ok(s: ComposeStack) -> bool:
     try:
-        reply = client(s).chat.completions.create(model=MODEL, max_tokens=4,
+        reply = client(s, timeout=15).chat.completions.create(model=MODEL, max_tokens=4,
                                                   messages=[{"role": "user", "content": "hello"}])
     except openai.OpenAIError:
         return False
@@ -238,6 +240,36 @@ def test_killed_model_server_is_restarted_by_the_restart_policy(up: ComposeStack
     wait_for("healthy again", lambda: up.health(SERVE) == "healthy", timeout=900, interval=3)
     wait_for("a completion through nginx", lambda: chat_ok(up), timeout=120)
     record("kill_to_serving_s", time.monotonic() - started)
+
+
+def engine_pids(s: ComposeStack) -> list[int]:
+    """Host PIDs of the vLLM engine processes in the model server container."""
+    top = s.docker("top", s.container(SERVE), "-eo", "pid,args")
+    return [int(line.split(None, 1)[0]) for line in top.stdout.splitlines()[1:] if "EngineCore" in line]
+
+
+def test_frozen_engine_in_the_container_is_replaced(up: ComposeStack) -> None:
+    """The hang watchdog in Compose: SIGSTOP the engine inside the container; it
+    is killed (never resumed) and the API answers again with no human step."""
+    pids = engine_pids(up)
+    assert pids, "no EngineCore process in the container"
+    started = time.monotonic()
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_for("a completion through nginx after the freeze", lambda: chat_ok(up), timeout=600, interval=3)
+        record("freeze_to_serving_s", time.monotonic() - started)
+        for pid in pids:
+            assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+        logs = up.compose("logs", "--no-color", SERVE, timeout=60).stdout
+        assert "watchdog: FIRED" in logs
+    finally:
+        for pid in pids:
+            try:
+                if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T":
+                    os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
 
 
 def test_stream_in_flight_completes_during_compose_down(up: ComposeStack) -> None:

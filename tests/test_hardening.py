@@ -80,8 +80,12 @@ def test_secrets_never_reach_logs_apis_or_process_list(stack: LocalStack) -> Non
     pids = session_processes(sid)
     assert pids
     for pid in pids:
-        if pid == str(sid):
-            continue  # deploy.py itself was started with the settings (as Compose's env_file does)
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(arg.endswith((b"/local-stack.sh", b"/deploy.py")) for arg in argv):
+            continue  # the supervisor and deploy.py itself were started with the settings
         try:
             environ = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
         except OSError:
@@ -186,6 +190,9 @@ def test_load_64_streams_for_60_seconds(stack: LocalStack) -> None:
     assert result["http_5xx"] == 0, result
     assert result["errors"] == 0, result
     assert result["streams_incomplete"] == 0, result
+    # Slow is not hung: 64 streams on 2 cores never make the hang watchdog fire.
+    assert "watchdog: FIRED" not in serve_log(stack)
+    print("heartbeats answered late during the load:", serve_log(stack).count("heartbeat unanswered"))
     good_request_works(stack)
 
 
@@ -236,6 +243,132 @@ def test_killed_engine_fails_fast_and_recovers_by_itself(stack: LocalStack) -> N
         time.sleep(2)
     assert engine_pids(stack) and set(engine_pids(stack)).isdisjoint(pids)
     good_request_works(stack)
+
+
+def metric_total(stack: LocalStack, name: str) -> float:
+    """A counter's total from Ray's metrics endpoint (port via the dashboard API)."""
+    summary = httpx.get(stack.base_url + "/dashboard/nodes?view=summary", auth=(DASH_USER, DASH_PASSWORD),
+                        timeout=30).text
+    port = int(re.search(r'"metricsExportPort":\s*(\d+)', summary).group(1))  # type: ignore[union-attr]
+    metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(name))
+
+
+def proc_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "gone"
+
+
+# The watchdog's documented bounds (.env): detection within WATCHDOG_TIMEOUT
+# (30 s by default) plus one heartbeat round (15 s).
+HANG_DETECTION_BOUND_S = 30 + 15
+
+
+def test_frozen_engine_is_replaced_without_being_resumed(stack: LocalStack) -> None:
+    """SIGSTOP the engine mid-stream (a hung GPU or NCCL collective): the stream
+    ends with an error within the bound, /readyz says 503 quickly, and the API
+    answers again by itself. The frozen process is never sent SIGCONT."""
+    pids = engine_pids(stack)
+    assert pids, "no vLLM EngineCore process found"
+    fired_before = serve_log(stack).count("watchdog: FIRED")
+    outcome: dict[str, object] = {}
+    started = threading.Event()
+
+    def stream() -> None:
+        try:
+            with httpx.Client(timeout=httpx.Timeout(30, read=300)) as client:
+                with client.stream("POST", stack.base_url + "/v1/chat/completions", headers=auth(),
+                                   json=chat_body(max_tokens=1800, stream=True, ignore_eos=True)) as r:
+                    outcome["status"] = r.status_code
+                    lines = []
+                    for line in r.iter_lines():
+                        started.set()
+                        lines.append(line)
+            outcome["done"] = "[DONE]" in "".join(lines[-3:])
+            outcome["error_in_stream"] = any('"error"' in line for line in lines)
+        except httpx.HTTPError as err:
+            outcome["exception"] = repr(err)
+        finally:
+            outcome["ended"] = time.monotonic()
+            started.set()
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    assert started.wait(60), "the stream never started"
+    frozen_at = time.monotonic()
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        # /readyz while the engine is frozen: a quick 503 that says why.
+        time.sleep(2)
+        t0 = time.monotonic()
+        ready = httpx.get(stack.base_url + "/readyz", timeout=30)
+        readyz_s = time.monotonic() - t0
+        assert ready.status_code == 503 and "did not answer" in ready.json()["error"]["message"], ready.text
+        assert readyz_s < 10, f"/readyz took {readyz_s:.1f}s"
+        thread.join(timeout=HANG_DETECTION_BOUND_S + 60)
+        assert not thread.is_alive(), "the stream stalled past the watchdog's bound"
+        stream_ended_s = float(outcome["ended"]) - frozen_at  # type: ignore[arg-type]
+        assert "exception" in outcome or outcome.get("error_in_stream") or not outcome.get("done"), outcome
+        assert stream_ended_s <= HANG_DETECTION_BOUND_S + 10, f"stream ended {stream_ended_s:.0f}s after the freeze"
+        # The API answers again with no human step.
+        deadline = time.monotonic() + 600
+        while True:
+            try:
+                good_request_works(stack)
+                break
+            except (AssertionError, httpx.HTTPError):
+                assert time.monotonic() < deadline, "no completion within 600 s of the freeze"
+                time.sleep(2)
+        recovered_s = time.monotonic() - frozen_at
+        print(f"\nhang: stream ended with an error {stream_ended_s:.0f}s after the freeze; "
+              f"/readyz answered 503 in {readyz_s:.1f}s; completions again after {recovered_s:.0f}s")
+        # The watchdog killed the frozen engine (SIGKILL works on stopped
+        # processes); it was never resumed.
+        assert all(proc_state(pid) in ("gone", "Z") for pid in pids), {pid: proc_state(pid) for pid in pids}
+        log = serve_log(stack)
+        assert log.count("watchdog: FIRED") == fired_before + 1, log[-3000:]
+        deadline = time.monotonic() + 60
+        while metric_total(stack, "ray_llm_watchdog_firings_total") < 1:
+            assert time.monotonic() < deadline, "the firing was not counted in ray_llm_watchdog_firings_total"
+            time.sleep(3)
+    finally:
+        for pid in pids:  # never resumed: killed if the watchdog did not
+            if proc_state(pid) == "T":
+                os.kill(pid, signal.SIGKILL)
+        thread.join(timeout=5)
+
+
+def test_slow_engine_start_does_not_fire_the_watchdog(stack: LocalStack) -> None:
+    """A model load slower than the bound (a long first download, a big model)
+    is not a hang: the watchdog only watches an engine that has started. The
+    replica is made to restart (its engine killed), and the new engine is held
+    still (SIGSTOP) during its load for longer than the bound, then let go."""
+    old = engine_pids(stack)
+    fired_before = serve_log(stack).count("watchdog: FIRED")
+    for pid in old:
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 300
+    while not (new := [p for p in engine_pids(stack) if p not in old]):
+        assert time.monotonic() < deadline, "no new engine process appeared"
+        time.sleep(0.2)
+    for pid in new:
+        os.kill(pid, signal.SIGSTOP)
+    time.sleep(HANG_DETECTION_BOUND_S + 15)
+    for pid in new:
+        os.kill(pid, signal.SIGCONT)
+    deadline = time.monotonic() + 600
+    while True:
+        try:
+            good_request_works(stack)
+            break
+        except (AssertionError, httpx.HTTPError):
+            assert time.monotonic() < deadline, "the delayed engine never came up"
+            time.sleep(2)
+    assert serve_log(stack).count("watchdog: FIRED") == fired_before
+    assert set(new) <= set(engine_pids(stack)), "the slow engine was replaced instead of being waited for"
 
 
 # --------------------------------------------------------- graceful stop ---

@@ -72,6 +72,9 @@ start_engine() {
 
 stop_engine() {
   [[ -n "${ENGINE_STARTED:-}" ]] || return 0
+  # Images replaced by this run's builds (3 GB each) would pile up in the
+  # cached data-root; the build cache itself is kept.
+  docker image prune --force >/dev/null 2>&1 || log_warn "could not prune dangling images"
   "$REPO_ROOT/scripts/docker-engine.sh" stop || log_warn "could not stop the private dockerd"
 }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -193,6 +194,33 @@ def test_vllm_reads_the_non_carry_over_file(cluster: Cluster) -> None:
                           "from vllm.ray.ray_env import RAY_NON_CARRY_OVER_ENV_VARS as v; print(sorted(v))"],
                          env=env, text=True, capture_output=True, timeout=120, check=True)
     assert "NCCL_SOCKET_IFNAME" in out.stdout and "VLLM_HOST_IP" in out.stdout
+
+
+def test_frozen_engine_on_the_worker_is_replaced(cluster: Cluster) -> None:
+    """The hang watchdog across hosts: the replica on the worker node finds its
+    engine frozen (SIGSTOP), kills it and is replaced; the head serves again."""
+    worker = cluster.nodes["worker"]
+    assert worker.proc is not None
+    engines = [pid for pid in session_processes(worker.proc.pid)
+               if "EngineCore" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")]
+    assert engines, "no engine process found in the worker's session"
+    for pid in engines:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        poll("serving to recover after the freeze", lambda: cluster.completion() is not None, 600,
+             list(cluster.nodes.values()), interval=5)
+        print(f"\nmulti-node hang: completions again {time.monotonic() - started:.0f}s after the freeze")
+        assert all(not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+                   for pid in engines), "the frozen engine was not killed"
+        assert "watchdog: FIRED" in cluster.nodes["head"].log_path.read_text()
+    finally:
+        for pid in engines:  # never resumed
+            try:
+                if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T":
+                    os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
 
 
 def test_worker_restart_rejoins_and_serving_recovers(cluster: Cluster) -> None:

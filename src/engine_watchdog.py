@@ -158,8 +158,6 @@ def watched_server_class() -> type:
                 "WATCHDOG_TIMEOUT=%.0f); engine processes and states %s; killing them (SIGKILL) so in-flight "
                 "requests fail now and Ray Serve replaces this replica",
                 model, heartbeat.silent_for(now), heartbeat.missed, heartbeat.timeout_s, states)
-            print(f"watchdog: FIRED for model {model!r} after {heartbeat.silent_for(now):.0f}s without a "
-                  f"heartbeat; killed engine processes {states}", flush=True)
             self._ray_llm_firings.inc(tags={"model": model})
             for pid in pids:
                 try:

@@ -201,7 +201,9 @@ def test_frozen_engine_on_the_worker_is_replaced(cluster: Cluster) -> None:
     engine frozen (SIGSTOP), kills it and is replaced; the head serves again."""
     worker = cluster.nodes["worker"]
     assert worker.proc is not None
-    engines = [pid for pid in session_processes(worker.proc.pid)
+    poll("a completion through the head's nginx", lambda: cluster.completion() is not None, 600,
+         list(cluster.nodes.values()), interval=5)
+    engines = [int(pid) for pid in session_processes(worker.proc.pid)
                if "EngineCore" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")]
     assert engines, "no engine process found in the worker's session"
     for pid in engines:

@@ -88,3 +88,41 @@ def test_watched_server_class_is_a_real_llm_server() -> None:
     assert cls.__module__ == "engine_watchdog" and cls.__qualname__ == "WatchedLLMServer"
     config = LLMConfig(**llm_config.llm_config(parse_settings({"DEVICE": "cpu"})))
     assert config.server_cls is cls
+
+
+# --- The local stack's stand-in for Compose's restart policy -----------------------
+
+LOCAL_STACK = str(__import__("conftest").REPO_ROOT / "scripts" / "local-stack.sh")
+
+
+def test_local_stack_supervisor_restarts_deploy_py_on_status_3(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+
+    runs = tmp_path / "runs"
+    child = f'n=$(cat {runs} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {runs}; [ $n -ge 3 ] && exit 0; exit 3'
+    out = subprocess.run(["bash", LOCAL_STACK, "_supervise", "sh", "-c", child], text=True,
+                         capture_output=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    assert runs.read_text().strip() == "3" and out.stderr.count("starting it again") == 2
+    # Any other status ends the supervisor with that status (2 = bad configuration).
+    out = subprocess.run(["bash", LOCAL_STACK, "_supervise", "sh", "-c", "exit 2"], text=True,
+                         capture_output=True, timeout=60, check=False)
+    assert out.returncode == 2
+
+
+def test_local_stack_supervisor_passes_sigterm_on(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import signal
+    import subprocess
+    import time
+
+    marker, ready = tmp_path / "stopped", tmp_path / "ready"
+    child = f'trap "echo clean > {marker}; exit 0" TERM; touch {ready}; while :; do sleep 0.1; done'
+    proc = subprocess.Popen(["bash", LOCAL_STACK, "_supervise", "sh", "-c", child], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while not ready.exists():  # the child's trap is in place
+        assert time.monotonic() < deadline and proc.poll() is None, "the supervised child never started"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    assert marker.read_text().strip() == "clean"

@@ -36,7 +36,6 @@ declare -A TRIXIE_MIN_VERSION=([docker.io]=25 [containerd]=1.7 [docker-buildx]=0
 BUILDX_MIN_VERSION=0.17
 # From the machine's own suite (bookworm): trixie's builds need a newer libc.
 HOST_PACKAGES=(runc tini iptables)
-FALLBACK_MIRROR=http://deb.debian.org/debian
 
 # Short paths: a unix socket path is limited to 108 bytes, and containerd puts
 # its own sockets under the exec root.
@@ -60,41 +59,6 @@ usage() {
 }
 
 # --- install -------------------------------------------------------------------
-
-# apt_sources_files: the machine's active apt source files (disabled ones are
-# renamed, so they match neither pattern).
-apt_sources_files() {
-  local file
-  for file in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
-    [[ -f "$file" ]] && printf '%s\n' "$file"
-  done
-  return 0
-}
-
-# debian_mirror [security]: the Debian archive URL the machine's apt uses
-# (`security`: the debian-security one), else a fallback.
-debian_mirror() {
-  local want="${1:-main}" url
-  local files
-  mapfile -t files < <(apt_sources_files)
-  ((${#files[@]})) || files=(/dev/null)
-  # One-line format ("deb [opts] URL suite ...") and deb822 ("URIs: URL").
-  url="$(awk '
-    /^[[:space:]]*deb[[:space:]]/ { for (i = 2; i <= NF; i++) if ($i ~ /^https?:\/\//) { print $i; break } }
-    /^[[:space:]]*URIs:/ { for (i = 2; i <= NF; i++) print $i }
-  ' "${files[@]}" | sed 's:/*$::' | awk -v want="$want" '
-    want == "security" && $0 ~ /\/debian-security$/ { print; exit }
-    want != "security" && $0 ~ /\/debian$/ { print; exit }
-  ')"
-  if [[ -z "$url" ]]; then
-    if [[ "$want" == security ]]; then
-      url="${FALLBACK_MIRROR%/debian}/debian-security"
-    else
-      url="$FALLBACK_MIRROR"
-    fi
-  fi
-  printf '%s\n' "$url"
-}
 
 # engine_usable: dockerd >= ENGINE_MIN_MAJOR, a working buildx plugin, docker-init.
 engine_usable() {

@@ -92,3 +92,28 @@ secure_secrets_file() {
     chmod 600 "$file"
   fi
 }
+
+# Debian archive used when the machine's apt sources name none.
+FALLBACK_MIRROR=http://deb.debian.org/debian
+
+# debian_mirror [security]: the Debian archive URL the machine's own apt uses
+# (one-line or deb822 sources; `security`: the debian-security one), else
+# FALLBACK_MIRROR. Used to fetch packages and debootstrap the stand-ins.
+debian_mirror() {
+  local want="${1:-main}" url file files=()
+  for file in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
+    [[ -f "$file" ]] && files+=("$file")
+  done
+  ((${#files[@]})) || files=(/dev/null)
+  url="$(awk '
+    /^[[:space:]]*deb[[:space:]]/ { for (i = 2; i <= NF; i++) if ($i ~ /^https?:\/\//) { print $i; break } }
+    /^[[:space:]]*URIs:/ { for (i = 2; i <= NF; i++) print $i }
+  ' "${files[@]}" | sed 's:/*$::' | awk -v want="$want" '
+    want == "security" && $0 ~ /\/debian-security$/ { print; exit }
+    want != "security" && $0 ~ /\/debian$/ { print; exit }
+  ')"
+  if [[ -z "$url" && "$want" == security ]]; then
+    url="${FALLBACK_MIRROR%/debian}/debian-security"
+  fi
+  printf '%s\n' "${url:-$FALLBACK_MIRROR}"
+}

@@ -30,7 +30,6 @@ STANDIN_NGINX_TAG="ray-llm-standin/nginx:debian"
 NGINX_DOCKERFILE="$REPO_ROOT/tests/standins/nginx.Dockerfile"
 UV_IMAGE_REPO="ray-llm-standin/uv"
 DEBIAN_TARBALL="$STANDIN_DIR/debian-$DEBIAN_SUITE-minbase.tar"
-FALLBACK_MIRROR=http://deb.debian.org/debian
 # Labels our images carry, so a changed recipe is rebuilt.
 RECIPE_LABEL=ray-llm-standin.recipe-sha256
 
@@ -39,26 +38,6 @@ usage() {
   exit 2
 }
 
-# debian_mirror [security]: Debian archive URL from the machine's own apt
-# sources (one-line or deb822 format), else a fallback.
-debian_mirror() {
-  local want="${1:-main}" url file files=()
-  for file in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
-    [[ -f "$file" ]] && files+=("$file")
-  done
-  ((${#files[@]})) || files=(/dev/null)
-  url="$(awk '
-    /^[[:space:]]*deb[[:space:]]/ { for (i = 2; i <= NF; i++) if ($i ~ /^https?:\/\//) { print $i; break } }
-    /^[[:space:]]*URIs:/ { for (i = 2; i <= NF; i++) print $i }
-  ' "${files[@]}" | sed 's:/*$::' | awk -v want="$want" '
-    want == "security" && $0 ~ /\/debian-security$/ { print; exit }
-    want != "security" && $0 ~ /\/debian$/ { print; exit }
-  ')"
-  if [[ -z "$url" && "$want" == security ]]; then
-    url="${FALLBACK_MIRROR%/debian}/debian-security"
-  fi
-  printf '%s\n' "${url:-$FALLBACK_MIRROR}"
-}
 
 image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
 

@@ -54,6 +54,27 @@ def session_processes(sid: int | str, pattern: str | None = None) -> list[str]:
     return subprocess.run(cmd, text=True, capture_output=True, check=False).stdout.split()
 
 
+def process_gone(pid: int) -> bool:
+    """True when PID no longer runs (exited, or a zombie waiting to be reaped)."""
+    from engine_watchdog import process_state
+
+    return process_state(pid) in ("?", "Z")
+
+
+def kill_if_stopped(pids: list[int]) -> None:
+    """Clean-up after a freeze test: SIGKILL what is still stopped (never SIGCONT)."""
+    import signal
+
+    from engine_watchdog import process_state
+
+    for pid in pids:
+        if process_state(pid) == "T":
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 def require_tool(name: str) -> str:
     """Path of a tool the test command installs; a missing one is a failure, not a skip."""
     path = shutil.which(name)

@@ -17,14 +17,13 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, kill_if_stopped, process_gone
 from docker_support import (
     API_KEY,
     DASH_PASSWORD,
@@ -259,17 +258,11 @@ def test_frozen_engine_in_the_container_is_replaced(up: ComposeStack) -> None:
     try:
         wait_for("a completion through nginx after the freeze", lambda: chat_ok(up), timeout=600, interval=3)
         record("freeze_to_serving_s", time.monotonic() - started)
-        for pid in pids:
-            assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+        assert all(process_gone(pid) for pid in pids), "the frozen engine was not killed"
         logs = up.compose("logs", "--no-color", SERVE, timeout=60).stdout
         assert "watchdog: FIRED" in logs
     finally:
-        for pid in pids:
-            try:
-                if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T":
-                    os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        kill_if_stopped(pids)
 
 
 def test_stream_in_flight_completes_during_compose_down(up: ComposeStack) -> None:

@@ -220,8 +220,12 @@ load_secrets() {
 
 # Ray's workers on this node import the model server class with the hang
 # watchdog (src/engine_watchdog.py): they inherit PYTHONPATH from `ray start`.
+# src/ importable by every Ray worker (the watched model server class), and on
+# the head the HTTP proxy's middleware that puts /v1 errors in OpenAI's shape
+# (the same value deploy.py exports: openai_errors.PROXY_CALLBACK).
 export_src_path() {
   export PYTHONPATH="$REPO_ROOT/src${PYTHONPATH:+:$PYTHONPATH}"
+  export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=openai_errors.proxy_middlewares
 }
 
 main() {

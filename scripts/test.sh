@@ -85,9 +85,11 @@ main() {
   rm -f "$RUNTIME_DIR/docker-timings.json"
   install_system_packages
   ensure_cpu_venv "$VENV"
-  export PATH="$VENV/bin:$PATH"
   trap stop_engine EXIT
+  # Before the venv goes on PATH: the stand-in builds use the machine's own
+  # python3 and its pip (the venv has no pip).
   start_engine
+  export PATH="$VENV/bin:$PATH"
   install_compose_plugin
   log_info "setup took $((SECONDS - start))s; running pytest"
   local rc=0

@@ -4,7 +4,9 @@
 Reads the environment (plus .env and .secrets next to the repo root when they
 exist, or the secrets file named by RAY_LLM_SECRETS_FILE, which is how
 Compose hands over .secrets; variables already set win), validates all of it before importing Ray,
-then builds the LLMConfig and the OpenAI app and runs it with serve.run.
+then builds Ray's LLMConfig objects (checked by Ray's own model, and
+ENGINE_KWARGS against vLLM's engine arguments) and the OpenAI app, and runs it
+with serve.run.
 
 Exit codes: 0 ok (or --dry-run), 2 bad configuration (nothing started),
 3 the app stayed unhealthy past WATCHDOG_RECOVERY_TIMEOUT (restart it).
@@ -13,6 +15,7 @@ Exit codes: 0 ok (or --dry-run), 2 bad configuration (nothing started),
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -23,8 +26,10 @@ from types import FrameType
 from pathlib import Path
 from typing import Any, Mapping, MutableMapping, Sequence
 
+import config_check
 import llm_config
 from engine_watchdog import WATCHDOG_TIMEOUT_VAR, Recovery
+from openai_errors import PROXY_CALLBACK, PROXY_CALLBACK_VAR
 from settings import HF_TOKEN_NAMES, ConfigError, Settings, help_text, parse_settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -55,7 +60,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="validate, print the resolved configuration (secrets redacted) and exit without starting anything",
+        help="validate (with Ray Serve LLM's LLMConfig and vLLM's engine arguments), print the resolved configuration (secrets redacted) and exit without starting anything",
     )
     return parser.parse_args(argv)
 
@@ -118,12 +123,14 @@ def export_ray_auth(environ: MutableMapping[str, str], settings: Settings) -> No
 
 def export_for_workers(environ: MutableMapping[str, str], settings: Settings) -> None:
     """What Ray's workers need from this process: src/ importable (the model
-    server class with the hang watchdog) and the watchdog's bound."""
+    server class with the hang watchdog), the watchdog's bound, and the HTTP
+    proxy's middleware that puts every /v1 error in OpenAI's shape."""
     src = str(Path(__file__).resolve().parent)
     paths = [p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     if src not in paths:
         environ["PYTHONPATH"] = os.pathsep.join([src, *paths])
     environ[WATCHDOG_TIMEOUT_VAR] = str(settings.watchdog_timeout_s)
+    environ[PROXY_CALLBACK_VAR] = PROXY_CALLBACK
 
 
 def log(message: str) -> None:
@@ -181,8 +188,27 @@ def watch_app(serve: Any, recovery: Recovery) -> str:
             return reason
 
 
-def serve_forever(settings: Settings) -> None:
-    """Start (or join) Ray, deploy the app and block. The only place Ray is imported."""
+def checked_serving_args(settings: Settings) -> Any:
+    """Ray's LLMServingArgs for these settings, checked by Ray and vLLM; logs how long it took."""
+    started = time.monotonic()
+    # vLLM logs to stdout on import; stdout is --dry-run's JSON only.
+    with contextlib.redirect_stdout(sys.stderr):
+        serving = config_check.serving_args(llm_config.serving_args(settings), settings.engine_kwargs)
+    checked = "Ray Serve LLM's LLMConfig" + (" and vLLM's engine arguments" if settings.engine_kwargs else "")
+    log(f"configuration checked with {checked} in {time.monotonic() - started:.1f}s")
+    return serving
+
+
+def config_error(problems: Sequence[str]) -> int:
+    print("deploy.py: configuration error, nothing was started:", file=sys.stderr)
+    for problem in problems:
+        print(f"  - {problem}", file=sys.stderr)
+    print("See .env for every variable, or run: python src/deploy.py --help", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def serve_forever(settings: Settings, serving: Any) -> None:
+    """Start (or join) Ray, deploy the checked app and block."""
     import ray
     from ray import serve
     from ray.serve.llm import build_openai_app
@@ -192,7 +218,7 @@ def serve_forever(settings: Settings) -> None:
         wait_for_nodes(settings.num_nodes, settings.node_wait_timeout_s)
     # One Serve proxy, on the head: Nginx is the only client that needs it.
     serve.start(proxy_location="HeadOnly", http_options=llm_config.http_options(settings))
-    app = build_openai_app(llm_config.serving_args(settings))
+    app = build_openai_app(serving)
     signal.signal(signal.SIGTERM, raise_stop)
     try:
         # Returns once the app runs; then watch it for the second bound.
@@ -229,21 +255,23 @@ def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | 
     try:
         settings = parse_settings(env)
     except ConfigError as err:
-        print("deploy.py: configuration error, nothing was started:", file=sys.stderr)
-        for problem in err.problems:
-            print(f"  - {problem}", file=sys.stderr)
-        print("See .env for every variable, or run: python src/deploy.py --help", file=sys.stderr)
-        return EXIT_CONFIG
+        return config_error(err.problems)
     resolved: Mapping[str, Any] = llm_config.resolved(settings)
+    if not args.dry_run:
+        # Before Ray is first imported (the check below imports it).
+        stash_hf_token(env, settings)
+        export_ray_auth(env, settings)
+        drop_empty_upstream_vars(env)
+        export_for_workers(env, settings)
+    try:
+        serving = checked_serving_args(settings)
+    except config_check.EngineCheckError as err:
+        return config_error(err.problems)
     if args.dry_run:
         print(json.dumps(resolved, indent=2, sort_keys=True))
         return 0
     log("starting with " + json.dumps(resolved, sort_keys=True))
-    stash_hf_token(env, settings)
-    export_ray_auth(env, settings)
-    drop_empty_upstream_vars(env)
-    export_for_workers(env, settings)
-    serve_forever(settings)
+    serve_forever(settings, serving)
     return 0
 
 

@@ -37,6 +37,9 @@ WATCHDOG_TIMEOUT_VAR = "WATCHDOG_TIMEOUT"
 DEFAULT_WATCHDOG_TIMEOUT_S = 30
 # The second bound (deploy.py): the whole app unhealthy this long -> exit.
 DEFAULT_RECOVERY_TIMEOUT_S = 900
+# What a request gets (503) while the engine is dead and its replica replaced.
+ENGINE_GONE_MESSAGE = ("The model engine stopped and is being restarted; retry shortly "
+                       "(requests wait for the new engine once its replica is starting).")
 
 
 @dataclass
@@ -112,13 +115,39 @@ def watched_server_class() -> type:
     import asyncio
     import logging
 
+    from ray.llm._internal.common.errors import VLLM_FATAL_ERRORS
+    from ray.llm._internal.serve.core.configs.openai_api_models import OpenAIHTTPException
     from ray.llm._internal.serve.core.server.llm_server import LLMServer
     from ray.util.metrics import Counter
 
     logger = logging.getLogger("ray.serve")
 
+    def engine_gone() -> Exception:
+        err = OpenAIHTTPException(status_code=503, message=ENGINE_GONE_MESSAGE, type="ServiceUnavailableError")
+        # It crosses to the ingress pickled: without args (OpenAIHTTPException
+        # sets none) it cannot be rebuilt there and becomes a bare 500.
+        err.args = (503, ENGINE_GONE_MESSAGE, "ServiceUnavailableError")
+        return err
+
+    async def engine_dead_as_503(stream: Any) -> Any:
+        try:
+            async for item in stream:
+                yield item
+        except VLLM_FATAL_ERRORS:
+            raise engine_gone() from None
+
     class WatchedLLMServer(LLMServer):  # type: ignore[misc, valid-type]
-        """LLMServer whose health check fails when the engine stops answering."""
+        """LLMServer whose health check fails when the engine stops answering,
+        and whose requests answer 503 (not Ray's bare 500) once the engine is gone."""
+
+        async def _run_request(self, *args: Any, **kwargs: Any) -> Any:
+            # One seam for chat, completions, embeddings...: Ray Serve LLM
+            # turns vLLM's EngineDeadError into "500 Internal Server Error".
+            # A dead engine is a replica being replaced: 503, retry shortly.
+            engine_client = getattr(self.engine, "_engine_client", None) if self.engine else None
+            if engine_client is not None and getattr(engine_client, "errored", False):
+                raise engine_gone()
+            return engine_dead_as_503(await super()._run_request(*args, **kwargs))
 
         async def check_health(self) -> None:
             await super().check_health()

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from compose_support import ComposeProject
+from nginx_support import read_dotenv
 
 
 @pytest.fixture()
@@ -120,11 +121,45 @@ def test_every_setting_set_in_the_shell_reaches_the_serving_container(project: C
         assert env["VLLM_HOST_IP"] == "10.9.9.9" and env["NCCL_SOCKET_IFNAME"] == "ib-shell"
 
 
-def test_nginx_settings_set_in_the_shell_reach_nginx(project: ComposeProject) -> None:
-    cfg = project.config(NGINX_CLIENT_MAX_BODY_SIZE="3m", NGINX_RATE_LIMIT="5r/s", NGINX_PROXY_READ_TIMEOUT="90s")
-    env = cfg["services"]["nginx"]["environment"]
-    assert (env["NGINX_CLIENT_MAX_BODY_SIZE"], env["NGINX_RATE_LIMIT"], env["NGINX_PROXY_READ_TIMEOUT"]) == (
-        "3m", "5r/s", "90s")
+@pytest.mark.parametrize("profile,nginx", [("single", "nginx"), ("cpu", "nginx"), ("head", "nginx-head")])
+def test_every_nginx_setting_set_in_the_shell_reaches_nginx(project: ComposeProject, profile: str,
+                                                           nginx: str) -> None:
+    """Each variable the nginx service takes from .env: a shell value wins, .env is the default."""
+    project.set_env(COMPOSE_PROFILES=profile)
+    default_env = project.config()["services"][nginx]["environment"]
+    dotenv = read_dotenv(project.root / ".env")
+    # The variables interpolated under their own name (the others are fixed
+    # container paths or derived per profile).
+    names = [k for k, v in default_env.items() if k in dotenv and v == dotenv[k]]
+    assert {"NGINX_CLIENT_MAX_BODY_SIZE", "NGINX_RATE_LIMIT", "NGINX_HTTP_PORT", "RAY_API_PORT"} <= set(names)
+    numeric = {"NGINX_HTTP_PORT": "8081", "NGINX_HTTPS_PORT": "8444", "RAY_API_PORT": "9001",
+               "RAY_DASHBOARD_PORT": "9266", "NGINX_WORKER_PROCESSES": "3", "NGINX_RATE_BURST": "7",
+               "NGINX_BIND_ADDRESS": "127.0.0.9"}
+    shell = {name: numeric.get(name, f"shell-{name.lower()}") for name in names}
+    env = project.config(**shell)["services"][nginx]["environment"]
+    for name in names:
+        assert env[name] == shell[name], name
+
+
+@pytest.mark.parametrize("profile,service", [("single", "ray-serve"), ("cpu", "ray-serve-cpu"),
+                                             ("head", "ray-head"), ("worker", "ray-worker")])
+def test_issue_example_max_model_len_from_the_shell(project: ComposeProject, profile: str, service: str) -> None:
+    """`MAX_MODEL_LEN=4096 docker compose config` shows 4096 in the serving
+    container, a per-node setting and a port from the shell too; .env stays the default."""
+    project.set_env(COMPOSE_PROFILES=profile)
+    dotenv = read_dotenv(project.root / ".env")
+    default = project.config()["services"][service]
+    assert default["environment"]["MAX_MODEL_LEN"] == dotenv["MAX_MODEL_LEN"] != "4096"
+    cfg = project.config(MAX_MODEL_LEN="4096", RAY_API_PORT="9100", NCCL_SOCKET_IFNAME="ens-shell",
+                         VLLM_HOST_IP="198.18.9.9")
+    serve = cfg["services"][service]
+    assert serve["environment"]["MAX_MODEL_LEN"] == "4096"
+    assert serve["environment"]["RAY_API_PORT"] == "9100"
+    if profile in ("single", "cpu"):
+        assert ("127.0.0.1", "9100", 9100) in published(serve)
+    else:
+        assert serve["environment"]["NCCL_SOCKET_IFNAME"] == "ens-shell"
+        assert serve["environment"]["VLLM_HOST_IP"] == "198.18.9.9"
 
 
 def test_cpu_profile(project: ComposeProject) -> None:

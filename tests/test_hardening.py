@@ -18,9 +18,11 @@ import time
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 from conftest import REPO_ROOT, kill_if_stopped, process_gone, session_processes
+from openai_errors import INTERNALS
 from stack_support import API_KEY, DASH_PASSWORD, DASH_USER, HF_TOKEN, MODEL, RAY_TOKEN, LocalStack
 
 pytestmark = [pytest.mark.e2e]
@@ -215,6 +217,7 @@ def test_killed_engine_fails_fast_and_recovers_by_itself(stack: LocalStack) -> N
                     lines = list(r.iter_lines())
             outcome["done"] = "[DONE]" in "".join(lines[-3:])
             outcome["error_in_stream"] = any('"error"' in line for line in lines)
+            outcome["error_events"] = [line for line in lines if '"error"' in line]
             outcome["status"] = r.status_code
         except httpx.HTTPError as err:
             outcome["exception"] = repr(err)
@@ -231,6 +234,17 @@ def test_killed_engine_fails_fast_and_recovers_by_itself(stack: LocalStack) -> N
     # Terminated or errored, never a clean fake finish and never a hang.
     assert "exception" in outcome or outcome.get("error_in_stream") or not outcome.get("done") \
         or outcome.get("status") != 200, outcome
+    for event in outcome.get("error_events", []):  # type: ignore[attr-defined]
+        assert not INTERNALS.search(event) and "Request ID" not in event, event
+    # While the engine is gone (until its replica is replaced) a request gets
+    # 503 in OpenAI's shape, not Ray's bare 500: the client's typed exception.
+    client = openai.OpenAI(base_url=stack.base_url + "/v1", api_key=API_KEY, max_retries=0, timeout=60)
+    with pytest.raises(openai.InternalServerError) as err:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    assert err.value.status_code == 503, err.value.response.text
+    error = err.value.response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["type"] == "server_error", error
+    assert "restarted" in error["message"] and not INTERNALS.search(error["message"]), error
     # /readyz reports not-ready during recovery, then ready without anyone acting.
     saw_not_ready = False
     deadline = time.monotonic() + 600
@@ -283,6 +297,7 @@ def test_frozen_engine_is_replaced_without_being_resumed(stack: LocalStack) -> N
                         lines.append(line)
             outcome["done"] = "[DONE]" in "".join(lines[-3:])
             outcome["error_in_stream"] = any('"error"' in line for line in lines)
+            outcome["error_events"] = [line for line in lines if '"error"' in line]
         except httpx.HTTPError as err:
             outcome["exception"] = repr(err)
         finally:

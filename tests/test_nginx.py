@@ -161,6 +161,13 @@ def test_render_defaults_passes_nginx_t(tmp_path: Path) -> None:
     assert not (tmp_path / "conf" / "dashboard.htpasswd").exists()
 
 
+@pytest.mark.parametrize("burst", ["0", ""])
+def test_rate_limit_without_burst_renders(tmp_path: Path, burst: str) -> None:
+    """NGINX_RATE_BURST=0 (or empty) means no burst; nginx itself refuses burst=0."""
+    text = _render_ok(tmp_path, NGINX_RATE_LIMIT="1r/m", NGINX_RATE_BURST=burst)
+    assert re.search(r"limit_req zone=ray_llm_api_rate\s+nodelay;", text), text
+
+
 def test_render_with_limits_and_dashboard(tmp_path: Path) -> None:
     out = tmp_path / "conf"
     text = _render_ok(tmp_path, NGINX_RATE_LIMIT="600r/m", NGINX_RATE_BURST="5", NGINX_CONN_LIMIT="4",
@@ -534,9 +541,9 @@ def test_upstream_down_fails_fast_with_json(fresh_stack: NginxStack) -> None:
         started = time.monotonic()
         r = client.get(fresh_stack.url + "/v1/models")
         elapsed = time.monotonic() - started
-        assert_json_error(r, 502, "upstream_unavailable")
+        assert_json_error(r, 503, "model_server_unavailable")
         assert elapsed < 5, f"took {elapsed:.1f}s"
-        assert_json_error(client.post(fresh_stack.url + "/v1/chat/completions", json={}), 502)
+        assert_json_error(client.post(fresh_stack.url + "/v1/chat/completions", json={}), 503)
         assert_json_error(client.get(fresh_stack.url + "/readyz"), 503, "model_not_ready")
         assert client.get(fresh_stack.url + "/healthz").status_code == 200
 

@@ -152,6 +152,18 @@ def test_api_through_the_published_port(up: ComposeStack) -> None:
     assert len(chunks) >= 2 and finish in ("length", "stop")
 
 
+def test_errors_in_openai_shape_inside_compose(up: ComposeStack) -> None:
+    """The proxy middleware (openai_errors) runs in the container as on the host."""
+    with pytest.raises(openai.NotFoundError) as err:
+        client(up).chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}])
+    assert err.value.body["code"] == "model_not_found" and "no-such-model" in err.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as err:
+        client(up).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=0)
+    assert err.value.body["param"] == "max_tokens" and "Internal exception" not in err.value.body["message"]
+    r = httpx.get(up.base_url + "/v1/chat/completions", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30)
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed", r.text
+
+
 def test_ray_ports_are_published_on_loopback_only(up: ComposeStack) -> None:
     ports = up.inspect(up.container(SERVE))["NetworkSettings"]["Ports"]
     bound = [b for bindings in ports.values() if bindings for b in bindings]

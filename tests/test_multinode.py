@@ -158,6 +158,14 @@ def test_engine_on_worker_answers_through_head_nginx(cluster: Cluster) -> None:
         "print(json.dumps(sorted({ips[a.node_id] for a in list_actors(filters=[('state', '=', 'ALIVE')]) "
         "if 'LLMServer' in a.class_name})))")
     assert placed == [cluster.hosts.worker.ip], f"LLMServer replicas on {placed}"
+    # The head's Serve proxy puts errors in OpenAI's shape (ray-node.sh sets its middleware).
+    body = json.dumps({"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]})
+    out = subprocess.run([*cluster.hosts.head.prefix(), "curl", "-s", "--max-time", "30", "-w", "\\n%{http_code}",
+                          "-H", "Content-Type: application/json", "-d", body,
+                          f"http://127.0.0.1:{cluster.http_port}/v1/chat/completions"],
+                         text=True, capture_output=True, check=False)
+    answer, status = out.stdout.rsplit("\n", 1)
+    assert status == "404" and json.loads(answer)["error"]["code"] == "model_not_found", out.stdout
 
 
 def test_per_node_settings_stay_on_their_node(cluster: Cluster) -> None:

@@ -114,6 +114,13 @@ def drop_empty_upstream_vars(environ: MutableMapping[str, str]) -> None:
         del environ[name]
 
 
+def export_direct_streaming(environ: MutableMapping[str, str], settings: Settings) -> None:
+    """Direct streaming needs Serve's HAProxy ingress in the controller's environment."""
+    if settings.direct_streaming:
+        environ["RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"] = "1"
+        environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+
+
 def export_ray_auth(environ: MutableMapping[str, str], settings: Settings) -> None:
     """Use the shared cluster token when one is configured (multi-node, Nginx)."""
     if settings.ray_auth_token:
@@ -263,6 +270,7 @@ def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | 
         export_ray_auth(env, settings)
         drop_empty_upstream_vars(env)
         export_for_workers(env, settings)
+        export_direct_streaming(env, settings)
     try:
         serving = checked_serving_args(settings)
     except config_check.EngineCheckError as err:

@@ -106,6 +106,10 @@ def serving_args(s: Settings) -> dict[str, Any]:
         # On a 2-core box the model server takes every CPU; an ingress asking
         # for 1 CPU would never schedule. It only routes requests.
         ingress["ray_actor_options"] = {"num_cpus": 0}
+    if s.direct_streaming:
+        # The model replica is the HTTP ingress; build_openai_app refuses an
+        # ingress configuration then.
+        return {"llm_configs": [llm_config(s)]}
     return {"llm_configs": [llm_config(s)], "ingress_deployment_config": ingress}
 
 

@@ -56,6 +56,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("QUANTIZATION", "", "vLLM quantization method (awq, gptq, fp8...). Empty = none."),
     Variable("ENGINE_KWARGS", "{}", "JSON object of extra vLLM engine arguments, merged last."),
     Variable("VLLM_CPU_KVCACHE_SPACE", "1", "DEVICE=cpu only: KV-cache size in GiB."),
+    Variable("RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING", "0", "Alpha upstream: the model replica serves HTTP itself behind Ray's HAProxy ingress (1) or not (0)."),
     Variable("STREAM_BATCHING_INTERVAL_MS", "50", "Ray Serve LLM writes streamed tokens in batches this often (ms); 0 = each token at once."),
     Variable("RAY_API_HOST", "0.0.0.0", "Address Ray Serve's HTTP server and the dashboard bind."),
     Variable("RAY_API_PORT", "8000", "Port of the OpenAI-compatible API (Ray Serve HTTP)."),
@@ -117,6 +118,7 @@ class Settings:
     watchdog_timeout_s: int = DEFAULT_WATCHDOG_TIMEOUT_S
     watchdog_recovery_timeout_s: int = DEFAULT_RECOVERY_TIMEOUT_S
     stream_batching_interval_ms: int = 50
+    direct_streaming: bool = False
     hf_token: str | None = field(default=None, repr=False)
     openai_api_key: str | None = field(default=None, repr=False)
     ray_auth_token: str | None = field(default=None, repr=False)
@@ -369,6 +371,7 @@ def parse_settings(environ: Mapping[str, str]) -> Settings:
         watchdog_timeout_s=watchdog_timeout,
         watchdog_recovery_timeout_s=r.integer("WATCHDOG_RECOVERY_TIMEOUT", 0),
         stream_batching_interval_ms=r.integer("STREAM_BATCHING_INTERVAL_MS", 0, 1000),
+        direct_streaming=r.integer("RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING", 0, 1) == 1,
         hf_token=r.first_secret(HF_TOKEN_NAMES),
         openai_api_key=api_key,
         ray_auth_token=ray_token,

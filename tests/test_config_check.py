@@ -80,3 +80,14 @@ def test_bad_variable_fails_before_ray_is_imported() -> None:
     out = dry_run(MAX_NUM_SEQS="lots")
     assert out.returncode == 2 and "MAX_NUM_SEQS='lots'" in out.stderr
     assert "configuration checked" not in out.stderr and "Triton" not in out.stderr
+
+
+def test_direct_streaming_lever_builds_without_an_ingress_config() -> None:
+    """build_openai_app refuses ingress_deployment_config with direct streaming (alpha lever)."""
+    out = dry_run(DEVICE="cpu", RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING="1", STREAM_BATCHING_INTERVAL_MS="0")
+    assert out.returncode == 0, out.stderr
+    args = json.loads(out.stdout)["serving_args"]
+    assert "ingress_deployment_config" not in args
+    assert args["llm_configs"][0]["experimental_configs"] == {"stream_batching_interval_ms": 0}
+    bad = dry_run(RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING="yes")
+    assert bad.returncode == 2 and "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING='yes'" in bad.stderr

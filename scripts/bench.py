@@ -431,7 +431,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--modes", default=",".join(MODES), help="which of vllm,ray,stack to run (default: all)")
     p.add_argument("--c1-requests", type=int, default=8, help="requests at concurrency 1")
     p.add_argument("--c16-requests", type=int, default=48, help="requests at concurrency 16")
-    p.add_argument("--concurrency", type=int, default=16, help="the high concurrency (default 16)")
+    p.add_argument("--concurrency", type=int, default=16,
+                   help="with --url: the high concurrency (default 16; the side-by-side run always uses 16)")
     p.add_argument("--prompt-words", type=int, default=100)
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--warmup", type=int, default=2, help="uncounted requests before each phase")
@@ -447,6 +448,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.max_tokens < 2:
         p.error("--max-tokens must be at least 2 (ITL needs two tokens)")
+    if args.concurrency != 16 and not args.url:
+        p.error("--concurrency only applies with --url (the side-by-side run uses 1 and 16)")
     modes = [m for m in args.modes.split(",") if m]
     if not modes or set(modes) - set(MODES):
         p.error(f"--modes takes a comma-separated subset of {','.join(MODES)}")
@@ -466,7 +469,6 @@ def url_mode(args: argparse.Namespace) -> list[Phase]:
         r.raise_for_status()
         model = r.json()["data"][0]["id"]
     log(f"loading {base} (model {model!r})")
-    MODE_TITLES.setdefault("url", "--url")
     return [run_phase("url", base, args.api_key, model, c, args, f"u{time.time_ns()}c{c}", None)
             for c in (1, args.concurrency)]
 
@@ -477,7 +479,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.url:
         report(url_mode(args), settings)
         return 0
-    args.concurrency = 16
     workdir = RUNTIME_DIR / "bench"
     workdir.mkdir(parents=True, exist_ok=True)
     model_dir = make_bench_model(args.python)

@@ -218,11 +218,10 @@ load_secrets() {
   load_env_files "$RAY_LLM_SECRETS_FILE"
 }
 
-# Ray's workers on this node import the model server class with the hang
-# watchdog (src/engine_watchdog.py): they inherit PYTHONPATH from `ray start`.
-# src/ importable by every Ray worker (the watched model server class), and on
-# the head the HTTP proxy's middleware that puts /v1 errors in OpenAI's shape
-# (the same value deploy.py exports: openai_errors.PROXY_CALLBACK).
+# Ray's workers on this node inherit both from `ray start`: src/ on PYTHONPATH
+# (the model server class with the hang watchdog, src/engine_watchdog.py), and
+# on the head the HTTP proxy's middleware that puts /v1 errors in OpenAI's
+# shape (the value deploy.py exports: openai_errors.PROXY_CALLBACK).
 export_src_path() {
   export PYTHONPATH="$REPO_ROOT/src${PYTHONPATH:+:$PYTHONPATH}"
   export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=openai_errors.proxy_middlewares

@@ -100,16 +100,16 @@ def llm_config(s: Settings) -> dict[str, Any]:
 
 def serving_args(s: Settings) -> dict[str, Any]:
     """Arguments for ray.serve.llm.build_openai_app (an LLMServingArgs dict)."""
+    if s.direct_streaming:
+        # The model replica is the HTTP ingress; build_openai_app refuses an
+        # ingress configuration then.
+        return {"llm_configs": [llm_config(s)]}
     # The ingress holds the client's stream, so it drains as long as the model.
     ingress: dict[str, Any] = {"graceful_shutdown_timeout_s": drain_timeout_s(s)}
     if s.device == "cpu":
         # On a 2-core box the model server takes every CPU; an ingress asking
         # for 1 CPU would never schedule. It only routes requests.
         ingress["ray_actor_options"] = {"num_cpus": 0}
-    if s.direct_streaming:
-        # The model replica is the HTTP ingress; build_openai_app refuses an
-        # ingress configuration then.
-        return {"llm_configs": [llm_config(s)]}
     return {"llm_configs": [llm_config(s)], "ingress_deployment_config": ingress}
 
 

@@ -86,7 +86,7 @@ INTERNALS = re.compile(
 OPENAI_WORD = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
-def _extract(status: int, content_type: str, body: bytes) -> tuple[str, Any, Any, Any]:
+def _extract(content_type: str, body: bytes) -> tuple[str, Any, Any, Any]:
     """message, type, param, code as found in any of the upstream shapes."""
     text = body.decode("utf-8", "replace").strip()
     if "json" in content_type or text.startswith("{"):
@@ -120,7 +120,7 @@ def _param_from_loc(loc: str) -> str | None:
 
 def error_object(status: int, content_type: str, body: bytes) -> tuple[int, dict[str, Any]]:
     """(status, {"error": {...}}) in OpenAI's shape for an upstream error answer."""
-    message, err_type, param, code = _extract(status, content_type, body)
+    message, err_type, param, code = _extract(content_type, body)
     if status == 404 and PROXY_NOT_FOUND.match(message):
         return 503, {"error": {"message": NOT_READY_MESSAGE, "type": "server_error", "param": None,
                                "code": "model_not_ready"}}

@@ -25,6 +25,8 @@ API_KEY_ALLOWED = "letters, digits and . _ ~ + / = -"
 HF_TOKEN_NAMES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_TOKEN")
 # Shortest hang bound accepted: a heartbeat waits for the engine's current step.
 MIN_WATCHDOG_TIMEOUT_S = 10
+# Ray Serve LLM's own default; docs/benchmarks.md measured 0 against it.
+DEFAULT_STREAM_BATCHING_INTERVAL_MS = 50
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("ENGINE_KWARGS", "{}", "JSON object of extra vLLM engine arguments, merged last."),
     Variable("VLLM_CPU_KVCACHE_SPACE", "1", "DEVICE=cpu only: KV-cache size in GiB."),
     Variable("RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING", "0", "Alpha upstream: the model replica serves HTTP itself behind Ray's HAProxy ingress (1) or not (0)."),
-    Variable("STREAM_BATCHING_INTERVAL_MS", "50", "Ray Serve LLM writes streamed tokens in batches this often (ms); 0 = each token at once."),
+    Variable("STREAM_BATCHING_INTERVAL_MS", str(DEFAULT_STREAM_BATCHING_INTERVAL_MS), "Ray Serve LLM writes streamed tokens in batches this often (ms); 0 = each token at once."),
     Variable("RAY_API_HOST", "0.0.0.0", "Address Ray Serve's HTTP server and the dashboard bind."),
     Variable("RAY_API_PORT", "8000", "Port of the OpenAI-compatible API (Ray Serve HTTP)."),
     Variable("RAY_DASHBOARD_PORT", "8265", "Port of the Ray dashboard."),
@@ -117,7 +119,7 @@ class Settings:
     stop_grace_s: int = 60
     watchdog_timeout_s: int = DEFAULT_WATCHDOG_TIMEOUT_S
     watchdog_recovery_timeout_s: int = DEFAULT_RECOVERY_TIMEOUT_S
-    stream_batching_interval_ms: int = 50
+    stream_batching_interval_ms: int = DEFAULT_STREAM_BATCHING_INTERVAL_MS
     direct_streaming: bool = False
     hf_token: str | None = field(default=None, repr=False)
     openai_api_key: str | None = field(default=None, repr=False)

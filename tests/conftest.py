@@ -75,6 +75,20 @@ def kill_if_stopped(pids: list[int]) -> None:
                 pass
 
 
+def assert_openai_error_body(body: object) -> dict:
+    """OpenAI's error object, {"error": {message, type, param, code}}, with a
+    message that carries none of Ray's internals; returns the inner object."""
+    from openai_errors import INTERNALS
+
+    assert isinstance(body, dict) and set(body) == {"error"}, body
+    error = body["error"]
+    assert isinstance(error, dict) and set(error) == {"message", "type", "param", "code"}, body
+    message = error["message"]
+    assert isinstance(message, str) and message.strip(), body
+    assert not INTERNALS.search(message) and "Request ID" not in message, message
+    return error
+
+
 def require_tool(name: str) -> str:
     """Path of a tool the test command installs; a missing one is a failure, not a skip."""
     path = shutil.which(name)

@@ -102,6 +102,7 @@ def test_ratios_are_none_without_a_baseline() -> None:
     (["--modes", "vllm,nope"], "--modes takes"),
     (["--max-tokens", "1"], "at least 2"),
     (["--stack-env", "NOVALUE"], "NAME=VALUE"),
+    (["--concurrency", "8"], "only applies with --url"),
 ])
 def test_bad_arguments_are_refused(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:

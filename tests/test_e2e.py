@@ -18,6 +18,7 @@ import httpx
 import openai
 import pytest
 
+from conftest import assert_openai_error_body
 from nginx_support import NginxStack, base_env
 from stack_support import API_KEY, DASH_PASSWORD, DASH_USER, MODEL, LocalStack
 
@@ -51,8 +52,7 @@ def assert_openai_error(response: httpx.Response, status: int) -> dict:
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json"), response.headers
     body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
-    assert body["error"]["message"] and "Internal exception" not in body["error"]["message"], body
+    assert_openai_error_body(body)
     return body
 
 

@@ -16,7 +16,8 @@ import pytest
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
-from openai_errors import INTERNALS, OpenAIErrorMiddleware, clean_stream_chunk, error_object
+from conftest import assert_openai_error_body
+from openai_errors import OpenAIErrorMiddleware, clean_stream_chunk, error_object
 
 RAY_CHAIN_400 = (
     '{"error":{"message":"Message: max_tokens must be at least 1, got 0. (parameter=max_tokens, value=0) '
@@ -36,11 +37,7 @@ PROXY_404 = "Path '/v1/models' not found. Ping http://.../-/routes for available
 
 
 def shape(obj: dict) -> dict:
-    assert set(obj) == {"error"}, obj
-    error = obj["error"]
-    assert set(error) == {"message", "type", "param", "code"}, error
-    assert isinstance(error["message"], str) and error["message"], error
-    assert not INTERNALS.search(error["message"]), error
+    error = assert_openai_error_body(obj)
     assert isinstance(error["type"], str) and isinstance(error["code"], (str, type(None))), error
     return error
 

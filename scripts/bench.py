@@ -59,7 +59,7 @@ BENCH_API_KEY = "sk-bench-local"
 READY_TIMEOUT_S = 900
 MODES = ("vllm", "ray", "stack")
 MODE_TITLES = {"vllm": "(a) bare vLLM", "ray": "(b) Ray Serve direct", "stack": "(c) stack via Nginx",
-               "url": "--url"}
+               "lever": "(d) stack + --lever", "url": "--url"}
 
 # A Llama of about 100M parameters, bf16: on 2 cores bare vLLM streams it at
 # 5-20 ms per token (docs/benchmarks.md has the measured figure). The tiny
@@ -95,6 +95,71 @@ class Phase:
     wall_s: float
     samples: list[Sample] = field(default_factory=list)
     ready_s: float | None = None
+    cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds per process kind, this machine
+
+
+# --- Where the CPU goes ------------------------------------------------------------
+# On a machine with few cores the serving layers compete with the engine for
+# CPU, so the benchmark records, per phase, how many CPU seconds each kind of
+# process on this machine used (from /proc/<pid>/stat). It is the coarse
+# profile that says which layer to look at with py-spy.
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+PYTHONS = ("python", "python3")
+
+
+def process_kind(argv: Sequence[str], comm: str) -> str:
+    """A stable name for a process: Ray's and vLLM's titles, the script or module a
+    Python runs, or the program's name. IDs and arguments are dropped."""
+    if not argv:
+        return comm
+    first = argv[0].split(" ")[0]
+    if first.startswith(("ray::", "VLLM::")):
+        return first.rstrip(":")
+    if first.startswith("nginx:"):
+        return "nginx"
+    name = Path(first).name
+    if name.startswith(PYTHONS):
+        rest = list(argv[1:])
+        while rest and rest[0].startswith("-") and rest[0] != "-m":
+            rest.pop(0)
+        if len(rest) >= 2 and rest[0] == "-m":
+            return rest[1]
+        if rest:
+            return Path(rest[0]).name
+    return name or comm
+
+
+def parse_proc_stat(text: str) -> tuple[str, int]:
+    """(comm, utime + stime in ticks) from a /proc/<pid>/stat line."""
+    comm = text[text.index("(") + 1:text.rindex(")")]
+    fields = text[text.rindex(")") + 2:].split()
+    return comm, int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5), after pid and comm
+
+
+def cpu_snapshot(proc_root: Path = Path("/proc")) -> dict[int, tuple[str, int]]:
+    """pid -> (kind, CPU ticks so far) for every process readable here."""
+    snapshot: dict[int, tuple[str, int]] = {}
+    for entry in proc_root.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            comm, ticks = parse_proc_stat((entry / "stat").read_text())
+            argv = [a for a in (entry / "cmdline").read_bytes().decode(errors="replace").split("\0") if a]
+        except (OSError, ValueError, IndexError):
+            continue
+        snapshot[int(entry.name)] = (process_kind(argv, comm), ticks)
+    return snapshot
+
+
+def cpu_delta(before: dict[int, tuple[str, int]], after: dict[int, tuple[str, int]]) -> dict[str, float]:
+    """CPU seconds per kind between two snapshots (a process started in between counts in full)."""
+    used: dict[str, float] = {}
+    for pid, (kind, ticks) in after.items():
+        start = before.get(pid, (kind, 0))[1]
+        if ticks > start:
+            used[kind] = used.get(kind, 0.0) + (ticks - start) / CLOCK_TICKS
+    return dict(sorted(used.items(), key=lambda item: -item[1]))
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -177,7 +242,7 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, salt: str
 
 
 async def run_phase_async(base_url: str, api_key: str, model: str, concurrency: int, requests: int,
-                          prompt_words: int, max_tokens: int, salt: str, warmup: int) -> tuple[float, list[Sample]]:
+                          prompt_words: int, max_tokens: int, salt: str, warmup: int) -> tuple[float, list[Sample], dict[str, float]]:
     url = base_url.rstrip("/") + "/chat/completions"
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     limits = httpx.Limits(max_connections=concurrency + 1, max_keepalive_connections=concurrency + 1)
@@ -198,17 +263,19 @@ async def run_phase_async(base_url: str, api_key: str, model: str, concurrency: 
                     return
                 samples.append(await one_request(client, url, model, f"{salt}-{i}", prompt_words, max_tokens))
 
+        before = cpu_snapshot()
         started = time.monotonic()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return time.monotonic() - started, samples
+        wall = time.monotonic() - started
+        return wall, samples, cpu_delta(before, cpu_snapshot())
 
 
 def run_phase(mode: str, base_url: str, api_key: str, model: str, concurrency: int, args: argparse.Namespace,
               salt: str, ready_s: float | None) -> Phase:
     requests = args.c1_requests if concurrency == 1 else args.c16_requests
-    wall, samples = asyncio.run(run_phase_async(base_url, api_key, model, concurrency, requests,
-                                                args.prompt_words, args.max_tokens, salt, args.warmup))
-    phase = Phase(mode, concurrency, wall, samples, ready_s)
+    wall, samples, cpu = asyncio.run(run_phase_async(base_url, api_key, model, concurrency, requests,
+                                                     args.prompt_words, args.max_tokens, salt, args.warmup))
+    phase = Phase(mode, concurrency, wall, samples, ready_s, cpu)
     s = summarize(phase)
     log(f"{MODE_TITLES[mode]} c{concurrency}: {s['output_tok_s'] or 0:.0f} tok/s, TTFT p50 "
         f"{fmt(s['ttft_p50_ms'])} ms, ITL p50 {fmt(s['itl_p50_ms'])} ms, {s['errors']} errors")
@@ -238,8 +305,9 @@ def median_rows(phases: Sequence[Phase]) -> list[dict[str, Any]]:
     return rows
 
 
-def ratios(rows: Sequence[dict[str, Any]]) -> dict[str, float | None]:
-    """(c) against (a): the figures the targets in docs/benchmarks.md are about."""
+def ratios(rows: Sequence[dict[str, Any]], stack: str = "stack") -> dict[str, float | None]:
+    """(c) (or (d), the stack with --lever) against (a): the figures the targets
+    in docs/benchmarks.md are about."""
     def get(mode: str, concurrency: int, name: str) -> float | None:
         for row in rows:
             if (row["mode"], row["concurrency"]) == (mode, concurrency):
@@ -252,16 +320,18 @@ def ratios(rows: Sequence[dict[str, Any]]) -> dict[str, float | None]:
     def diff(a: float | None, b: float | None) -> float | None:
         return round(a - b, 1) if a is not None and b is not None else None
 
-    itl_stack, itl_bare = get("stack", 1, "itl_p50_ms"), get("vllm", 1, "itl_p50_ms")
-    return {
-        "throughput_ratio_c16": ratio(get("stack", 16, "output_tok_s"), get("vllm", 16, "output_tok_s")),
-        "throughput_ratio_c1": ratio(get("stack", 1, "output_tok_s"), get("vllm", 1, "output_tok_s")),
-        "ttft_overhead_ms_c1_p50": diff(get("stack", 1, "ttft_p50_ms"), get("vllm", 1, "ttft_p50_ms")),
+    itl_stack, itl_bare = get(stack, 1, "itl_p50_ms"), get("vllm", 1, "itl_p50_ms")
+    result = {
+        "throughput_ratio_c16": ratio(get(stack, 16, "output_tok_s"), get("vllm", 16, "output_tok_s")),
+        "throughput_ratio_c1": ratio(get(stack, 1, "output_tok_s"), get("vllm", 1, "output_tok_s")),
+        "ttft_overhead_ms_c1_p50": diff(get(stack, 1, "ttft_p50_ms"), get("vllm", 1, "ttft_p50_ms")),
         "itl_overhead_pct_c1_p50": (round(100 * (itl_stack / itl_bare - 1), 1)
                                     if itl_stack is not None and itl_bare else None),
-        "ready_ratio": ratio(get("stack", 1, "ready_s"), get("vllm", 1, "ready_s")),
-        "ray_direct_throughput_ratio_c16": ratio(get("ray", 16, "output_tok_s"), get("vllm", 16, "output_tok_s")),
+        "ready_ratio": ratio(get(stack, 1, "ready_s"), get("vllm", 1, "ready_s")),
     }
+    if stack == "stack":
+        result["ray_direct_throughput_ratio_c16"] = ratio(get("ray", 16, "output_tok_s"), get("vllm", 16, "output_tok_s"))
+    return result
 
 
 def fmt(value: float | None, digits: int = 1) -> str:
@@ -281,12 +351,55 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join("| " + line + " |" for line in lines)
 
 
+def cpu_per_token(phases: Sequence[Phase], concurrency: int, top: int = 8) -> dict[str, dict[str, float]]:
+    """kind -> {mode: CPU ms per output token} at one concurrency, over all cycles;
+    the `top` kinds by their largest figure, the rest summed as "other"."""
+    per_mode: dict[str, dict[str, float]] = {}
+    for mode in dict.fromkeys(p.mode for p in phases if p.concurrency == concurrency):
+        chosen = [p for p in phases if (p.mode, p.concurrency) == (mode, concurrency)]
+        tokens = sum(s.tokens for p in chosen for s in p.samples if s.ok)
+        if not tokens:
+            continue
+        used: dict[str, float] = {}
+        for p in chosen:
+            for kind, seconds in p.cpu_s.items():
+                used[kind] = used.get(kind, 0.0) + seconds
+        per_mode[mode] = {kind: 1000 * seconds / tokens for kind, seconds in used.items()}
+    kinds = sorted({k for m in per_mode.values() for k in m}, key=lambda k: -max(m.get(k, 0) for m in per_mode.values()))
+    out: dict[str, dict[str, float]] = {}
+    for i, kind in enumerate(kinds):
+        name = kind if i < top else "other"
+        for mode, figures in per_mode.items():
+            if kind in figures:
+                slot = out.setdefault(name, {})
+                slot[mode] = round(slot.get(mode, 0.0) + figures[kind], 3)
+    total = {mode: round(sum(figures.values()), 3) for mode, figures in per_mode.items()}
+    return {**out, "total": total} if out else {}
+
+
+def cpu_table(cpu: dict[str, dict[str, float]]) -> str:
+    modes = list(dict.fromkeys(mode for figures in cpu.values() for mode in figures))
+    lines = [" | ".join(["process", *(MODE_TITLES.get(m, m) for m in modes)]), " | ".join("---" for _ in range(len(modes) + 1))]
+    for kind, figures in cpu.items():
+        lines.append(" | ".join([kind, *(fmt(figures.get(m), 2) for m in modes)]))
+    return "\n".join("| " + line + " |" for line in lines)
+
+
 def report(phases: Sequence[Phase], settings: dict[str, Any]) -> dict[str, Any]:
     rows = median_rows(phases)
     print("\nTimes in ms (ITL: per output token); medians over cycles; errors are failed/all requests.")
     print(table(rows))
+    high = max((p.concurrency for p in phases), default=16)
+    cpu = cpu_per_token(phases, high)
+    if cpu:
+        print(f"\nCPU ms per output token at concurrency {high}, by process on this machine (all cycles):")
+        print(cpu_table(cpu))
     result = {**ratios(rows), "cycles": max((r["cycles"] for r in rows), default=0), "settings": settings,
-              "rows": rows}
+              "rows": rows, "cpu_ms_per_token": cpu}
+    if any(r["mode"] == "lever" for r in rows):
+        result["lever"] = ratios(rows, "lever")
+        print("\n(d) is the stack with " + " ".join(settings.get("lever") or []) + "; against (a): "
+              + ", ".join(f"{k} {v}" for k, v in result["lever"].items()))
     print(json.dumps(result, sort_keys=True))
     return result
 
@@ -390,7 +503,9 @@ def bare_vllm_cycle(args: argparse.Namespace, model_dir: Path, cycle: int, workd
         stop_group(proc)
 
 
-def stack_cycle(args: argparse.Namespace, model_dir: Path, cycle: int, workdir: Path) -> list[Phase]:
+def stack_cycle(args: argparse.Namespace, model_dir: Path, cycle: int, workdir: Path,
+                lever: Sequence[str] = ()) -> list[Phase]:
+    """(b) and (c); with `lever` settings, only (d): the stack through Nginx with them."""
     http_port, api_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "NGINX_"))}
     env.update(engine_settings(args))
@@ -399,8 +514,12 @@ def stack_cycle(args: argparse.Namespace, model_dir: Path, cycle: int, workdir: 
                OPENAI_API_KEY=BENCH_API_KEY, HF_HUB_OFFLINE="1", NGINX_HTTP_PORT=str(http_port),
                NGINX_HTTPS_PORT=str(free_port()), RAY_API_PORT=str(api_port), RAY_DASHBOARD_PORT=str(free_port()))
     env.update(dict(item.split("=", 1) for item in args.stack_env))
+    env.update(dict(item.split("=", 1) for item in lever))
+    if lever:
+        env["LOCAL_STACK_DIR"] += "-lever"
     script = [str(REPO_ROOT / "scripts" / "local-stack.sh")]
-    log(f"cycle {cycle}: starting the stack (scripts/local-stack.sh up, logs in {env['LOCAL_STACK_DIR']})")
+    log(f"cycle {cycle}: starting the stack{' with ' + ' '.join(lever) if lever else ''} "
+        f"(scripts/local-stack.sh up, logs in {env['LOCAL_STACK_DIR']})")
     started = time.monotonic()
     up = subprocess.run(["bash", *script, "up"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                         text=True, timeout=READY_TIMEOUT_S + 60, check=False)
@@ -409,6 +528,9 @@ def stack_cycle(args: argparse.Namespace, model_dir: Path, cycle: int, workdir: 
             raise RuntimeError(f"local-stack.sh up failed:\n{up.stderr[-3000:]}")
         ready = time.monotonic() - started
         log(f"stack ready in {ready:.0f}s")
+        if lever:
+            return [run_phase("lever", f"http://127.0.0.1:{http_port}/v1", BENCH_API_KEY, BENCH_MODEL_NAME, c, args,
+                              f"l{cycle}c{c}", ready) for c in (1, 16)]
         phases = [run_phase("ray", f"http://127.0.0.1:{api_port}/v1", "", BENCH_MODEL_NAME, c, args,
                             f"r{cycle}c{c}", ready) for c in (1, 16)]
         phases += [run_phase("stack", f"http://127.0.0.1:{http_port}/v1", BENCH_API_KEY, BENCH_MODEL_NAME, c, args,
@@ -441,6 +563,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--kv-cache-gib", type=int, default=1)
     p.add_argument("--stack-env", action="append", default=[], metavar="NAME=VALUE",
                    help="a setting for the stack (as in .env), e.g. to measure a lever; repeatable")
+    p.add_argument("--lever", action="append", default=[], metavar="NAME=VALUE",
+                   help="also run (d): the stack with this setting, in the same cycles, to measure a lever "
+                        "side by side with the defaults; repeatable (one lever of several settings)")
     p.add_argument("--python", default=sys.executable, help="the venv's python (vLLM, Ray)")
     args = p.parse_args(argv)
     for name in ("cycles", "c1_requests", "c16_requests", "concurrency", "prompt_words", "max_tokens"):
@@ -454,9 +579,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if not modes or set(modes) - set(MODES):
         p.error(f"--modes takes a comma-separated subset of {','.join(MODES)}")
     args.modes = modes
-    for item in args.stack_env:
-        if "=" not in item:
-            p.error(f"--stack-env takes NAME=VALUE, got {item!r}")
+    for flag, items in (("--stack-env", args.stack_env), ("--lever", args.lever)):
+        for item in items:
+            if "=" not in item:
+                p.error(f"{flag} takes NAME=VALUE, got {item!r}")
+    if args.lever and args.url:
+        p.error("--lever starts stacks, so it does not go with --url")
     return args
 
 
@@ -489,6 +617,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             phases += bare_vllm_cycle(args, model_dir, cycle, workdir)
         if {"ray", "stack"} & set(args.modes):
             phases += [p for p in stack_cycle(args, model_dir, cycle, workdir) if p.mode in args.modes]
+        if args.lever:
+            phases += stack_cycle(args, model_dir, cycle, workdir, args.lever)
     (workdir / "phases.json").write_text(json.dumps([asdict(p) for p in phases], indent=1))
     report(phases, settings)
     return 0

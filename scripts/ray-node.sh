@@ -26,6 +26,10 @@ PER_NODE_VARS=(VLLM_HOST_IP NCCL_SOCKET_IFNAME GLOO_SOCKET_IFNAME NCCL_IB_HCA NC
 # A raylet that cannot reach the GCS for this long exits, and so does
 # `ray start --block`: a worker that lost its head stops instead of hanging.
 export RAY_gcs_rpc_server_reconnect_timeout_s="${RAY_gcs_rpc_server_reconnect_timeout_s:-30}"
+# Ray's usage report is on unless disabled: its dashboard probes cloud
+# metadata addresses at start and reports hourly to usage-stats.ray.io. Off
+# unless .env says otherwise (the offline test caught the probes).
+export RAY_USAGE_STATS_ENABLED="${RAY_USAGE_STATS_ENABLED:-0}"
 
 CHILD_PIDS=()
 

@@ -28,6 +28,7 @@ from typing import Any, Mapping, MutableMapping, Sequence
 
 import config_check
 import llm_config
+import model_source
 from engine_watchdog import WATCHDOG_TIMEOUT_VAR, Recovery
 from openai_errors import PROXY_CALLBACK, PROXY_CALLBACK_VAR
 from settings import HF_TOKEN_NAMES, ConfigError, Settings, help_text, parse_settings
@@ -42,6 +43,7 @@ STATUS_POLL_S = 5.0
 # Set by scripts/container-entrypoint.sh: the container's private copy of the
 # .secrets that Compose mounts (a Compose secret, never in the environment).
 SECRETS_FILE_VAR = "RAY_LLM_SECRETS_FILE"
+USAGE_STATS_VAR = "RAY_USAGE_STATS_ENABLED"
 
 
 def env_files(environ: Mapping[str, str]) -> tuple[Path, Path]:
@@ -138,6 +140,10 @@ def export_for_workers(environ: MutableMapping[str, str], settings: Settings) ->
         environ["PYTHONPATH"] = os.pathsep.join([src, *paths])
     environ[WATCHDOG_TIMEOUT_VAR] = str(settings.watchdog_timeout_s)
     environ[PROXY_CALLBACK_VAR] = PROXY_CALLBACK
+    # Ray's usage report probes cloud metadata addresses at start and reports
+    # to usage-stats.ray.io; off unless set (RAY_USAGE_STATS_ENABLED in .env).
+    if not (environ.get(USAGE_STATS_VAR) or "").strip():
+        environ[USAGE_STATS_VAR] = "0"
 
 
 def log(message: str) -> None:
@@ -265,6 +271,11 @@ def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | 
         return config_error(err.problems)
     resolved: Mapping[str, Any] = llm_config.resolved(settings)
     if not args.dry_run:
+        # The weights are findable (MODEL_SOURCE, the cache, or the Hub), or a
+        # clear error now instead of a traceback from a replica later.
+        missing = model_source.problems(settings, env)
+        if missing:
+            return config_error(missing)
         # Before Ray is first imported (the check below imports it).
         stash_hf_token(env, settings)
         export_ray_auth(env, settings)

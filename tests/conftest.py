@@ -21,12 +21,14 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "e2e: real Ray Serve LLM + vLLM (CPU) behind real Nginx")
     config.addinivalue_line("markers", "multinode: two Ray nodes on one machine")
     config.addinivalue_line("markers", "docker: the Compose stack on a real Docker engine (scripts/test.sh starts one)")
+    config.addinivalue_line("markers", "offline: starts its own stack in a network namespace (runs before the shared stack)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Docker tests first: their stack is down before the session's local stack
-    starts, so two CPU engines never share the machine."""
-    items.sort(key=lambda item: 0 if item.get_closest_marker("docker") else 1)
+    """Docker tests first, then the offline test's own stack: each is down
+    before the session's local stack starts, so two CPU engines never share
+    the machine."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("docker") else 1 if item.get_closest_marker("offline") else 2)
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -97,12 +97,64 @@ def test_ratios_are_none_without_a_baseline() -> None:
     assert all(value is None for value in bench.ratios(rows).values())
 
 
+def test_lever_rows_get_their_own_ratios() -> None:
+    phases = [phase("vllm", 1, 100, 50, 10, 60), phase("vllm", 16, 1000, 300, 20, 60),
+              phase("stack", 1, 80, 100, 12, 90), phase("stack", 16, 600, 320, 21, 90),
+              phase("lever", 1, 90, 70, 11, 80), phase("lever", 16, 800, 320, 21, 80)]
+    rows = bench.median_rows(phases)
+    assert [r["mode"] for r in rows] == ["vllm", "vllm", "stack", "stack", "lever", "lever"]
+    assert bench.ratios(rows)["throughput_ratio_c16"] == pytest.approx(0.6)
+    lever = bench.ratios(rows, "lever")
+    assert lever["throughput_ratio_c16"] == pytest.approx(0.8) and lever["ttft_overhead_ms_c1_p50"] == pytest.approx(20)
+    assert "ray_direct_throughput_ratio_c16" not in lever
+
+
+@pytest.mark.parametrize("argv,kind", [
+    (["ray::ServeReplica:llm:OpenAiIngress"], "ray::ServeReplica:llm:OpenAiIngress"),
+    (["VLLM::EngineCore"], "VLLM::EngineCore"),
+    (["nginx: worker process"], "nginx"),
+    (["/venv/bin/python", "-u", "/venv/lib/ray/dashboard/dashboard.py", "--port=1"], "dashboard.py"),
+    (["/venv/bin/python3.11", "-m", "vllm.entrypoints.openai.api_server", "--model", "x"], "vllm.entrypoints.openai.api_server"),
+    (["/venv/lib/ray/core/src/ray/raylet/raylet", "--x"], "raylet"),
+    ([], "kworker/0:1"),
+])
+def test_process_kinds(argv: list[str], kind: str) -> None:
+    assert bench.process_kind(argv, "kworker/0:1") == kind
+
+
+def test_cpu_accounting_from_proc(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    def fake(pid: int, comm: str, utime: int, stime: int, argv: list[str]) -> None:
+        d = tmp_path / str(pid)
+        d.mkdir(exist_ok=True)
+        fields = ["S", *["0"] * 10, str(utime), str(stime), *["0"] * 10]
+        (d / "stat").write_text(f"{pid} ({comm}) " + " ".join(fields) + "\n")
+        (d / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
+
+    fake(10, "ray::Proxy Actor", 100, 50, ["ray::ProxyActor"])
+    fake(11, "VLLM::EngineCor", 1000, 0, ["VLLM::EngineCore"])
+    (tmp_path / "self").mkdir()
+    before = bench.cpu_snapshot(tmp_path)
+    assert before == {10: ("ray::ProxyActor", 150), 11: ("VLLM::EngineCore", 1000)}
+    fake(10, "ray::Proxy Actor", 150, 100, ["ray::ProxyActor"])
+    fake(12, "nginx", 5, 5, ["nginx: worker process"])
+    used = bench.cpu_delta(before, bench.cpu_snapshot(tmp_path))
+    tick = bench.CLOCK_TICKS
+    assert used == {"ray::ProxyActor": pytest.approx(100 / tick), "nginx": pytest.approx(10 / tick)}
+    phases = [bench.Phase("stack", 16, 1.0, [bench.Sample(ok=True, tokens=500)], cpu_s={"ray::ProxyActor": 0.5}),
+              bench.Phase("stack", 16, 1.0, [bench.Sample(ok=True, tokens=500)], cpu_s={"ray::ProxyActor": 0.5, "x": 0.1})]
+    cpu = bench.cpu_per_token(phases, 16)
+    assert cpu["ray::ProxyActor"] == {"stack": pytest.approx(1.0)} and cpu["total"] == {"stack": pytest.approx(1.1)}
+    assert "| ray::ProxyActor | 1.00 |" in bench.cpu_table(cpu)
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--cycles", "0"], "--cycles must be at least 1"),
     (["--modes", "vllm,nope"], "--modes takes"),
     (["--max-tokens", "1"], "at least 2"),
     (["--stack-env", "NOVALUE"], "NAME=VALUE"),
     (["--concurrency", "8"], "only applies with --url"),
+    (["--lever", "X"], "--lever takes NAME=VALUE"),
+    (["--url", "http://127.0.0.1:1/v1", "--lever", "A=1"], "does not go with --url"),
 ])
 def test_bad_arguments_are_refused(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:

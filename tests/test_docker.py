@@ -25,6 +25,7 @@ import pytest
 
 from conftest import REPO_ROOT, kill_if_stopped, process_gone
 from docker_support import (
+    TINY_MODEL_DIR,
     API_KEY,
     DASH_PASSWORD,
     HF_TOKEN,
@@ -36,6 +37,7 @@ from docker_support import (
     make_tiny_model,
     wait_for,
 )
+from fake_hub import FakeHub
 
 pytestmark = pytest.mark.docker
 
@@ -198,6 +200,46 @@ def test_nginx_root_is_read_only(up: ComposeStack) -> None:
     # Rendered at start by render.sh into the tmpfs.
     listing = up.docker("exec", nginx_id, "ls", "/etc/nginx/conf.d")
     assert "nginx.conf" in listing.stdout.split()
+
+
+def test_models_dir_is_mounted_read_only_and_serves_the_model(up: ComposeStack) -> None:
+    """MODELS_DIR at /models, read-only, with MODEL_SOURCE=/models/<folder> (the offline layout)."""
+    serve_id = up.container(SERVE)
+    mounts = {m["Destination"]: m for m in up.inspect(serve_id)["Mounts"]}
+    assert mounts["/models"]["RW"] is False and mounts["/models"]["Source"] == str(TINY_MODEL_DIR.parent)
+    write = up.docker("exec", serve_id, "touch", f"/models/{TINY_MODEL_DIR.name}/probe")
+    assert write.returncode != 0 and "Read-only file system" in write.stderr
+    assert up.compose("exec", "-T", SERVE, "printenv", "MODEL_SOURCE", "HF_HUB_OFFLINE").stdout.split() == [
+        f"/models/{TINY_MODEL_DIR.name}", "1"]
+    assert [m.id for m in client(up).models.list().data] == [MODEL]
+
+
+def test_download_model_fills_the_cache_volume(up: ComposeStack) -> None:
+    """scripts/download-model.sh without --dest: in the image (docker compose run),
+    into the model-cache volume, from a stand-in Hub (tests/fake_hub.py) that
+    listens on the project network's gateway, our own address in 198.19.0.0/16."""
+    network = up.docker("network", "inspect", f"{up.project}_llm", "--format",
+                        "{{(index .IPAM.Config 0).Gateway}}")
+    gateway = network.stdout.strip()
+    assert network.returncode == 0 and gateway.startswith("198.19."), network.stdout + network.stderr
+    hub = FakeHub({"local-test/tiny-llama": TINY_MODEL_DIR})
+    url = hub.start(host=gateway)
+    try:
+        env = {**up.env(), "HF_ENDPOINT": url, "HF_HUB_OFFLINE": "", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+        done = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "download-model.sh"), "--model",
+                               "local-test/tiny-llama"], cwd=REPO_ROOT, env=env, text=True, capture_output=True,
+                              timeout=300, check=False)
+    finally:
+        hub.stop()
+    assert done.returncode == 0, done.stdout + done.stderr
+    snapshot = f"/cache/huggingface/hub/models--local-test--tiny-llama/snapshots/{FakeHub.commit('local-test/tiny-llama')}"
+    assert done.stdout.strip().splitlines()[-1] == snapshot
+    assert HF_TOKEN not in done.stdout + done.stderr
+    # The token from .secrets (the Compose secret) went with the requests.
+    assert {r.authorization for r in hub.requests if "local-test" in r.path} == {f"Bearer {HF_TOKEN}"}
+    listing = up.compose("exec", "-T", SERVE, "ls", snapshot)
+    expected = sorted(p.name for p in TINY_MODEL_DIR.iterdir() if p.is_file() and not p.name.startswith("."))
+    assert sorted(listing.stdout.split()) == expected, listing.stdout + listing.stderr
 
 
 def test_no_secret_in_docker_inspect(up: ComposeStack) -> None:

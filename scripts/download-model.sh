@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Fill the model cache ahead of time (src/download_model.py has the options).
+#   scripts/download-model.sh [--model ID] [--revision REV] [--include GLOB]...
+#       into the model-cache volume, in the image (docker compose run), for
+#       the serving service of COMPOSE_PROFILES; MODEL_ID from .env by default
+#   scripts/download-model.sh --dest models/NAME [...]
+#       into a folder on this host (then MODELS_DIR + MODEL_SOURCE=/models/NAME)
+# HF_TOKEN is read from .secrets (or the environment) and never printed.
+set -Eeuo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+# The serving service of the active profile (the one that mounts the cache).
+serving_service() {
+  local profile
+  profile=$(compose_profile)
+  case "$profile" in
+    single) echo ray-serve ;;
+    cpu) echo ray-serve-cpu ;;
+    head) echo ray-head ;;
+    worker) echo ray-worker ;;
+    *) die "COMPOSE_PROFILES=$profile: expected single, cpu, head or worker" ;;
+  esac
+}
+
+compose_profile() {
+  local profiles="${COMPOSE_PROFILES:-}"
+  if [[ -z "$profiles" && -f "$REPO_ROOT/.env" ]]; then
+    profiles=$(sed -n 's/^COMPOSE_PROFILES=//p' "$REPO_ROOT/.env" | tail -n 1)
+  fi
+  printf '%s\n' "${profiles%%,*}"
+}
+
+# A Python with huggingface_hub and python-dotenv: the test command's venv,
+# else the host's python3.
+host_python() {
+  local candidate
+  for candidate in "$RUNTIME_DIR/venv/bin/python" python3; do
+    if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c 'import dotenv, huggingface_hub' 2>/dev/null; then
+      printf '%s\n' "$candidate"
+      return 0
+    fi
+  done
+  die "--dest needs python3 with huggingface_hub and python-dotenv (pip install huggingface_hub python-dotenv); without --dest the download runs in the image"
+}
+
+main() {
+  local arg on_host=0
+  for arg in "$@"; do
+    [[ "$arg" == --dest || "$arg" == --dest=* ]] && on_host=1
+    [[ "$arg" == -h || "$arg" == --help ]] && on_host=1
+  done
+  if (( on_host )); then
+    exec "$(host_python)" "$REPO_ROOT/src/download_model.py" "$@"
+  fi
+  local service
+  service=$(serving_service)
+  log_info "downloading in the image of $service, into the model-cache volume"
+  cd "$REPO_ROOT"
+  exec docker compose run --rm --no-deps -T "$service" \
+    uv run --offline --no-project python /app/src/download_model.py "$@"
+}
+
+main "$@"

@@ -1,0 +1,543 @@
+#!/usr/bin/env python3
+"""Read-only preflight for one node, run before `docker compose up`.
+
+    scripts/doctor.sh                 # checks for the profile in COMPOSE_PROFILES (.env)
+    scripts/doctor.sh --profile head  # or for another profile
+    scripts/doctor.sh --json          # the same results as data
+
+First the configuration, with the code deploy.py uses (.env, .secrets, every
+variable validated), then the host: Docker and Compose versions, the NVIDIA
+driver and Container Toolkit, the GPUs against the parallelism, the
+accelerator type, shared memory, disk, ports, the secrets file, and on head
+and worker nodes the RDMA devices, the fabric interfaces and the head's port.
+Each check prints pass, warn or fail with a one-line fix; the exit code is 1
+when any check fails. Nothing is changed: no file is written, no container
+started. The host is a `Host` object (root of /dev, /sys, /proc, and the
+nvidia-smi, docker and ip programs), so tests run every check on fake trees.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, MutableMapping, Sequence
+
+from deploy import env_files, insecure_secrets, load_env_files
+from settings import ConfigError, Settings, parse_settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_DIR = REPO_ROOT / "docker"  # relative paths in .env are relative to the compose file
+PROFILES = ("single", "cpu", "head", "worker")
+# The README's "What a GPU box needs" table.
+MIN_DOCKER = (25, 0)
+MIN_COMPOSE = (2, 24)
+MIN_BUILDX = (0, 17)
+# torch 2.13's CUDA 13 wheels (docker/Dockerfile) need driver 580 or newer.
+MIN_DRIVER = 580
+MIN_SHM_BYTES = 1 << 30
+# Free disk below this warns when the model's size is not known here.
+UNKNOWN_MODEL_FREE_BYTES = 20 << 30
+LOOPBACK = ("127.", "::1", "localhost")
+PASS, WARN, FAIL = "pass", "warn", "fail"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str
+    message: str
+    fix: str = ""
+
+
+def _port_free(host: str, port: int) -> bool:
+    """True when nothing listens on host:port (a bind, no traffic)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except PermissionError:
+            return True  # a privileged port: Docker's proxy binds it as root
+        except OSError:
+            return False
+    return True
+
+
+def _disk_free(path: Path) -> int | None:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def _reachable(host: str, port: int, timeout_s: float) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _ray_accelerator_types() -> set[str] | None:
+    """Ray's own list of accelerator type names, or None when Ray is not installed here."""
+    try:
+        from ray.util.accelerators import accelerators
+    except ImportError:
+        return None
+    return {v for k, v in vars(accelerators).items() if k.isupper() and isinstance(v, str)}
+
+
+@dataclass(frozen=True)
+class Host:
+    """Everything the doctor reads from the machine."""
+
+    root: Path = Path("/")
+    nvidia_smi: str = "nvidia-smi"
+    docker: str = "docker"
+    ip: str = "ip"
+    disk_free: Callable[[Path], int | None] = field(default=_disk_free)
+    port_free: Callable[[str, int], bool] = field(default=_port_free)
+    reachable: Callable[[str, int, float], bool] = field(default=_reachable)
+    accelerator_types: Callable[[], set[str] | None] = field(default=_ray_accelerator_types)
+
+    def path(self, absolute: str) -> Path:
+        return self.root / absolute.lstrip("/")
+
+    def run(self, argv: Sequence[str], timeout_s: float = 20) -> tuple[int, str]:
+        """(exit code, stdout + stderr); 127 when the program is missing."""
+        try:
+            done = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout_s, check=False,
+                                  stdin=subprocess.DEVNULL)
+        except FileNotFoundError:
+            return 127, f"{argv[0]}: not found"
+        except subprocess.TimeoutExpired:
+            return 124, f"{argv[0]}: no answer within {timeout_s:.0f}s"
+        return done.returncode, (done.stdout + done.stderr).strip()
+
+
+def version_tuple(text: str) -> tuple[int, ...] | None:
+    match = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", text)
+    return tuple(int(g) for g in match.groups() if g is not None) if match else None
+
+
+def size_bytes(text: str) -> int | None:
+    """Compose's byte sizes: 16g, 512m, 1gb, 1073741824."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)b?\s*", text.lower())
+    if not match:
+        return None
+    return int(float(match.group(1)) * 1024 ** " kmgt".index(match.group(2) or " "))
+
+
+def gib(n: int) -> str:
+    return f"{n / (1 << 30):.1f} GiB"
+
+
+# --- Configuration -----------------------------------------------------------------
+
+def load_config(environ: MutableMapping[str, str], profile: str | None) -> tuple[list[Check], Settings | None, str]:
+    """deploy.py's own loading and validation of .env and .secrets, with what
+    the profile's service sets itself (the cpu service: DEVICE=cpu, CPU_MODEL_ID)."""
+    dotenv_file, secrets_file = env_files(environ)
+    checks = []
+    bad_secrets = insecure_secrets(secrets_file)
+    if bad_secrets:
+        checks.append(Check("secrets", FAIL, bad_secrets, f"chmod 600 {secrets_file}"))
+    elif not secrets_file.is_file():
+        checks.append(Check("secrets", WARN, f"{secrets_file} does not exist (no API key, no HF token)",
+                            "cp .secrets.example .secrets && chmod 600 .secrets, then fill it in"))
+    else:
+        checks.append(Check("secrets", PASS, f"{secrets_file} is private to its owner"))
+    load_env_files(environ, (dotenv_file, secrets_file))
+    profile = profile or (environ.get("COMPOSE_PROFILES") or "single").split(",")[0].strip()
+    if profile not in PROFILES:
+        checks.append(Check("profile", FAIL, f"COMPOSE_PROFILES={profile} is not one of {', '.join(PROFILES)}",
+                            "set COMPOSE_PROFILES in .env"))
+        return checks, None, profile
+    if profile == "cpu":
+        environ["DEVICE"] = "cpu"
+        environ["MODEL_ID"] = environ.get("CPU_MODEL_ID") or environ.get("MODEL_ID", "")
+    try:
+        settings = parse_settings(environ)
+    except ConfigError as err:
+        for problem in err.problems:
+            checks.append(Check("config", FAIL, problem, "fix that variable in .env (or .secrets)"))
+        return checks, None, profile
+    checks.append(Check("config", PASS, f".env and .secrets are valid for the {profile} profile "
+                        f"(model {settings.served_model_name!r})"))
+    return checks, settings, profile
+
+
+def open_api(environ: Mapping[str, str], settings: Settings) -> Check:
+    bind = environ.get("NGINX_BIND_ADDRESS", "0.0.0.0")
+    if settings.openai_api_key:
+        return Check("api-key", PASS, "OPENAI_API_KEY is set: Nginx requires it")
+    if bind.startswith(LOOPBACK):
+        return Check("api-key", WARN, f"OPENAI_API_KEY is empty, but Nginx binds {bind} only",
+                     "set OPENAI_API_KEY in .secrets before exposing the port")
+    return Check("api-key", FAIL, f"OPENAI_API_KEY is empty and Nginx binds {bind}: anyone who can reach "
+                 "the port can use the API", "set OPENAI_API_KEY in .secrets, or NGINX_BIND_ADDRESS=127.0.0.1")
+
+
+# --- Docker ------------------------------------------------------------------------
+
+def docker_checks(host: Host, gpu: bool) -> list[Check]:
+    code, out = host.run([host.docker, "version", "--format", "{{.Server.Version}}"])
+    if code == 127:
+        return [Check("docker", FAIL, "the docker command is not installed",
+                      "install Docker Engine 25+ (docs.docker.com/engine/install)")]
+    if code != 0:
+        return [Check("docker", FAIL, f"cannot reach the Docker daemon: {out.splitlines()[-1] if out else code}",
+                      "start Docker (systemctl start docker) or add yourself to the docker group")]
+    checks = []
+    version = version_tuple(out)
+    if version is None or version[:2] < MIN_DOCKER:
+        checks.append(Check("docker", FAIL, f"Docker Engine {out or '?'} is older than {'.'.join(map(str, MIN_DOCKER))}"
+                            " (healthcheck start_interval)", "upgrade Docker Engine"))
+    else:
+        checks.append(Check("docker", PASS, f"Docker Engine {out}"))
+    for name, argv, minimum, fix in (
+        ("compose", [host.docker, "compose", "version", "--short"], MIN_COMPOSE, "install the docker-compose-plugin (Compose v2.24+)"),
+        ("buildx", [host.docker, "buildx", "version"], MIN_BUILDX, "install docker-buildx-plugin 0.17+"),
+    ):
+        code, out = host.run(argv)
+        version = version_tuple(out) if code == 0 else None
+        wanted = ".".join(map(str, minimum))
+        if version is None:
+            checks.append(Check(name, FAIL, f"docker {name} is missing ({out.splitlines()[-1] if out else code})", fix))
+        elif version[:2] < minimum:
+            checks.append(Check(name, FAIL, f"docker {name} {'.'.join(map(str, version))} is older than {wanted}", fix))
+        else:
+            checks.append(Check(name, PASS, f"docker {name} {'.'.join(map(str, version))}"))
+    if gpu:
+        code, out = host.run([host.docker, "info", "--format", "{{json .Runtimes}}"])
+        try:
+            runtimes = json.loads(out) if code == 0 else {}
+        except ValueError:
+            runtimes = {}
+        if "nvidia" in runtimes:
+            checks.append(Check("toolkit", PASS, "the nvidia runtime is registered with Docker"))
+        else:
+            checks.append(Check("toolkit", FAIL, "Docker has no nvidia runtime: the NVIDIA Container Toolkit is "
+                                "missing or not configured", "install nvidia-container-toolkit, run "
+                                "`nvidia-ctk runtime configure --runtime=docker` and restart Docker"))
+    return checks
+
+
+def docker_root(host: Host) -> Path | None:
+    code, out = host.run([host.docker, "info", "--format", "{{.DockerRootDir}}"])
+    return Path(out) if code == 0 and out.startswith("/") else None
+
+
+# --- GPUs --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Gpu:
+    name: str
+    driver: str
+    memory_mib: int
+
+
+def list_gpus(host: Host) -> tuple[list[Gpu] | None, str]:
+    code, out = host.run([host.nvidia_smi, "--query-gpu=name,driver_version,memory.total",
+                          "--format=csv,noheader,nounits"])
+    if code != 0:
+        return None, out
+    gpus = []
+    for line in out.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 3:
+            gpus.append(Gpu(parts[0], parts[1], int(float(parts[2])) if parts[2].replace(".", "").isdigit() else 0))
+    return gpus, out
+
+
+def accelerator_matches(accelerator: str, gpu_name: str) -> bool:
+    """Ray names a GPU by a model token of its product name (H100, A100-80G, L40S...)."""
+    token = accelerator.split("-")[0].upper()
+    return token in re.sub(r"[^A-Z0-9]+", " ", gpu_name.upper()).split()
+
+
+def gpu_checks(host: Host, settings: Settings) -> list[Check]:
+    gpus, out = list_gpus(host)
+    if gpus is None or not gpus:
+        why = "nvidia-smi is not installed" if gpus is None and "not found" in out else (out.splitlines()[-1] if out else "nvidia-smi found no GPU")
+        return [Check("gpu", FAIL, f"no NVIDIA GPU on this machine ({why})",
+                      "install the NVIDIA driver (580+); without a GPU use COMPOSE_PROFILES=cpu")]
+    checks = []
+    driver = version_tuple(gpus[0].driver)
+    if driver is None or driver[0] < MIN_DRIVER:
+        checks.append(Check("driver", FAIL, f"NVIDIA driver {gpus[0].driver} is older than {MIN_DRIVER} "
+                            "(the image's torch is built for CUDA 13)", f"upgrade the driver to {MIN_DRIVER} or newer"))
+    else:
+        checks.append(Check("driver", PASS, f"NVIDIA driver {gpus[0].driver}"))
+    names = sorted({g.name for g in gpus})
+    bundles = settings.tensor_parallel_size * settings.pipeline_parallel_size
+    count = len(gpus)
+    if count < settings.gpus_per_node:
+        checks.append(Check("gpu-count", FAIL, f"GPUS_PER_NODE={settings.gpus_per_node} but this node has {count} "
+                            f"GPU(s): {', '.join(names)}", f"set GPUS_PER_NODE={count} (and the parallelism to fit)"))
+    elif settings.num_nodes == 1 and bundles > count:
+        checks.append(Check("gpu-count", FAIL, f"TENSOR_PARALLEL_SIZE x PIPELINE_PARALLEL_SIZE = {bundles} GPUs per "
+                            f"replica, but this node has {count}", "lower the parallelism or add nodes (head/worker)"))
+    elif settings.placement_strategy == "STRICT_PACK" and bundles > count:
+        checks.append(Check("gpu-count", FAIL, f"PLACEMENT_STRATEGY=STRICT_PACK needs {bundles} GPUs on one node, "
+                            f"this node has {count}", "use PACK, or lower the parallelism"))
+    else:
+        checks.append(Check("gpu-count", PASS, f"{count} GPU(s) ({', '.join(names)}) for GPUS_PER_NODE="
+                            f"{settings.gpus_per_node}, {bundles} per replica"))
+    if settings.accelerator_type:
+        known = host.accelerator_types()
+        if known is not None and settings.accelerator_type not in known:
+            checks.append(Check("accelerator", FAIL, f"ACCELERATOR_TYPE={settings.accelerator_type} is not one of "
+                                "Ray's accelerator types", "leave it empty, or use a name from "
+                                "ray.util.accelerators (H100, A100-80G, L40S...)"))
+        elif not any(accelerator_matches(settings.accelerator_type, g.name) for g in gpus):
+            checks.append(Check("accelerator", FAIL, f"ACCELERATOR_TYPE={settings.accelerator_type} matches none of "
+                                f"this node's GPUs ({', '.join(names)}): the deployment would stay pending forever",
+                                "leave ACCELERATOR_TYPE empty or set the type of these GPUs"))
+        else:
+            checks.append(Check("accelerator", PASS, f"ACCELERATOR_TYPE={settings.accelerator_type} matches "
+                                f"{', '.join(names)}"))
+    return checks
+
+
+# --- Memory, disk, ports -----------------------------------------------------------
+
+def mem_total(host: Host) -> int | None:
+    try:
+        for line in host.path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def shm_check(host: Host, environ: Mapping[str, str]) -> Check:
+    raw = environ.get("SHM_SIZE", "")
+    wanted = size_bytes(raw)
+    if wanted is None:
+        return Check("shm", FAIL, f"SHM_SIZE={raw!r} is not a size", "set SHM_SIZE=16g (or another size like 8g)")
+    if wanted < MIN_SHM_BYTES:
+        return Check("shm", WARN, f"SHM_SIZE={raw} is small: vLLM and NCCL use /dev/shm for tensors between "
+                     "processes", "set SHM_SIZE=16g, at least 1g")
+    total = mem_total(host)
+    if total is not None and wanted > total:
+        return Check("shm", WARN, f"SHM_SIZE={raw} is more than this node's {gib(total)} of memory "
+                     "(/dev/shm is memory)", "lower SHM_SIZE")
+    return Check("shm", PASS, f"SHM_SIZE={raw}" + (f" of {gib(total)} memory" if total else ""))
+
+
+def host_path(environ: Mapping[str, str], name: str) -> Path:
+    """A path from .env as Compose sees it: relative to docker/."""
+    return (COMPOSE_DIR / environ.get(name, "")).resolve()
+
+
+def model_checks(host: Host, environ: Mapping[str, str], settings: Settings) -> list[Check]:
+    checks = []
+    source = settings.model_source
+    offline = environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    if source and source.startswith("/models/"):
+        local = host_path(environ, "MODELS_DIR") / source[len("/models/"):]
+        if not (local / "config.json").is_file():
+            checks.append(Check("model", FAIL, f"MODEL_SOURCE={source} is {local} on this host (MODELS_DIR), which "
+                                "holds no config.json", f"scripts/download-model.sh --dest models/{local.name}, "
+                                "or fix MODEL_SOURCE"))
+        else:
+            checks.append(Check("model", PASS, f"MODEL_SOURCE={source}: weights in {local}"))
+        return checks
+    if source:
+        checks.append(Check("model", WARN, f"MODEL_SOURCE={source} is outside /models, so this host cannot see "
+                            "it; it must exist inside the container", "put the weights under MODELS_DIR and use "
+                            "MODEL_SOURCE=/models/<folder>"))
+        return checks
+    if offline:
+        checks.append(Check("model", WARN, f"HF_HUB_OFFLINE=1 with no MODEL_SOURCE: {settings.model_id} must already "
+                            "be in the model-cache volume", "scripts/download-model.sh --volume fills it ahead of time"))
+    root = docker_root(host)
+    if root is None:
+        return checks
+    free = host.disk_free(host.path(str(root)))
+    if free is None:
+        checks.append(Check("disk", WARN, f"cannot see Docker's data root {root} from here (remote or rootless "
+                            "Docker?): free disk not checked", "check free space where Docker keeps volumes"))
+    elif free < UNKNOWN_MODEL_FREE_BYTES:
+        checks.append(Check("disk", WARN, f"{gib(free)} free under {root} (Docker's volumes) and the size of "
+                            f"{settings.model_id} is not known here", "free disk space, or pre-download with "
+                            "scripts/download-model.sh to learn the size"))
+    else:
+        checks.append(Check("disk", PASS, f"{gib(free)} free under {root} for the model cache"))
+    return checks
+
+
+def ports_to_check(environ: Mapping[str, str], settings: Settings, profile: str) -> list[tuple[str, str, int]]:
+    nginx_bind = environ.get("NGINX_BIND_ADDRESS", "0.0.0.0")
+    publish = environ.get("RAY_PUBLISH_ADDRESS", "127.0.0.1")
+    if profile in ("head", "worker"):  # host networking: every port is the host's
+        ports = [("RAY_HEAD_PORT", "0.0.0.0", int(environ.get("RAY_HEAD_PORT", "6379") or 6379))]
+        if profile == "worker":
+            return []
+        ports += [("RAY_API_PORT", "0.0.0.0", settings.api_port), ("RAY_DASHBOARD_PORT", "0.0.0.0", settings.dashboard_port)]
+    else:
+        ports = [("RAY_API_PORT", publish, settings.api_port), ("RAY_DASHBOARD_PORT", publish, settings.dashboard_port)]
+    bind = "0.0.0.0" if nginx_bind in ("", "*") else nginx_bind
+    return ports + [("NGINX_HTTP_PORT", bind, int(environ.get("NGINX_HTTP_PORT", "80"))),
+                    ("NGINX_HTTPS_PORT", bind, int(environ.get("NGINX_HTTPS_PORT", "443")))]
+
+
+def port_checks(host: Host, environ: Mapping[str, str], settings: Settings, profile: str) -> list[Check]:
+    busy = [f"{name}={port} ({addr})" for name, addr, port in ports_to_check(environ, settings, profile)
+            if not host.port_free(addr, port)]
+    if busy:
+        return [Check("ports", FAIL, f"already in use: {', '.join(busy)}",
+                      "stop what listens there (ss -ltnp) or change the port in .env")]
+    return [Check("ports", PASS, "the configured ports are free")]
+
+
+# --- Multi-node --------------------------------------------------------------------
+
+def interfaces(host: Host) -> list[str]:
+    net = host.path("/sys/class/net")
+    return sorted(p.name for p in net.iterdir()) if net.is_dir() else []
+
+
+def matching_interfaces(spec: str, present: Iterable[str]) -> list[str] | None:
+    """NCCL's *_SOCKET_IFNAME syntax: prefixes, '=' for exact names, '^' to exclude (None: not checkable)."""
+    if spec.startswith("^"):
+        return None
+    exact = spec.startswith("=")
+    wanted = [w for w in spec.lstrip("=").split(",") if w]
+    return [i for i in present if any(i == w if exact else i.startswith(w) for w in wanted)]
+
+
+def addresses(host: Host, ifname: str) -> list[str]:
+    code, out = host.run([host.ip, "-o", "addr", "show", "dev", ifname])
+    if code != 0:
+        return []
+    return [m.group(1) for m in re.finditer(r"\binet6? ([0-9a-fA-F.:]+)/", out)]
+
+
+def multinode_checks(host: Host, environ: Mapping[str, str], settings: Settings, profile: str) -> list[Check]:
+    checks = []
+    ib = host.path("/sys/class/infiniband")
+    devices = sorted(p.name for p in ib.iterdir()) if ib.is_dir() else []
+    if not devices or not host.path("/dev/infiniband").is_dir():
+        checks.append(Check("rdma", FAIL, "no RDMA device (/sys/class/infiniband, /dev/infiniband); Compose maps "
+                            "/dev/infiniband into the container", "load the NIC's RDMA driver (mlx5_ib) and "
+                            "rdma-core, or use the single profile"))
+    else:
+        hca = environ.get("NCCL_IB_HCA", "").strip()
+        named = [] if hca.startswith("^") else [h.split(":")[0] for h in hca.lstrip("=").split(",") if h]
+        missing = [h for h in named if not any(d.startswith(h) for d in devices)]
+        if missing:
+            checks.append(Check("rdma", FAIL, f"NCCL_IB_HCA={hca} names no RDMA device here ({', '.join(devices)})",
+                                f"set NCCL_IB_HCA to one of {', '.join(devices)}"))
+        else:
+            checks.append(Check("rdma", PASS, f"RDMA devices: {', '.join(devices)}"))
+    host_ip = environ.get("VLLM_HOST_IP", "").strip()
+    present = interfaces(host)
+    for var in ("NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME"):
+        spec = environ.get(var, "").strip()
+        if not spec:
+            checks.append(Check(var.lower(), WARN, f"{var} is empty: the library picks an interface itself",
+                                f"set {var} to the fabric interface that holds VLLM_HOST_IP"))
+            continue
+        matched = matching_interfaces(spec, present)
+        if matched is None:
+            checks.append(Check(var.lower(), PASS, f"{var}={spec} (an exclude list; not checked)"))
+        elif not matched:
+            checks.append(Check(var.lower(), FAIL, f"{var}={spec} matches no interface on this node "
+                                f"({', '.join(present) or 'none'})", f"set {var} to one of: {', '.join(present)}"))
+        elif host_ip and not any(host_ip in addresses(host, i) for i in matched):
+            checks.append(Check(var.lower(), FAIL, f"VLLM_HOST_IP={host_ip} is not an address of {var}={spec} "
+                                f"({', '.join(matched)})", "set VLLM_HOST_IP to this node's address on that interface"))
+        else:
+            checks.append(Check(var.lower(), PASS, f"{var}={spec} ({', '.join(matched)}) holds VLLM_HOST_IP={host_ip}"))
+    if not host_ip:
+        checks.append(Check("host-ip", FAIL, "VLLM_HOST_IP is empty: each node must be pinned to its fabric IP",
+                            "set VLLM_HOST_IP to this node's address on the RDMA fabric"))
+    if not settings.ray_auth_token:
+        checks.append(Check("ray-auth", FAIL, "RAY_AUTH_TOKEN is empty: the cluster would accept any client",
+                            "put the same RAY_AUTH_TOKEN in .secrets on every node"))
+    else:
+        checks.append(Check("ray-auth", PASS, "RAY_AUTH_TOKEN is set"))
+    if profile == "worker":
+        head = environ.get("RAY_HEAD_HOST", "").strip()
+        port = int(environ.get("RAY_HEAD_PORT", "6379") or 6379)
+        if not head:
+            checks.append(Check("head", FAIL, "RAY_HEAD_HOST is empty", "set RAY_HEAD_HOST to the head's fabric IP"))
+        elif host.reachable(head, port, 3.0):
+            checks.append(Check("head", PASS, f"the head answers on {head}:{port}"))
+        else:
+            checks.append(Check("head", FAIL, f"nothing answers on {head}:{port} (RAY_HEAD_HOST:RAY_HEAD_PORT)",
+                                "start the head first (COMPOSE_PROFILES=head) and check the firewall"))
+    return checks
+
+
+# --- Putting it together -----------------------------------------------------------
+
+def run_checks(environ: MutableMapping[str, str], host: Host, profile: str | None = None) -> list[Check]:
+    checks, settings, profile = load_config(environ, profile)
+    if profile not in PROFILES:
+        return checks
+    gpu = profile != "cpu" and (settings is None or settings.device == "gpu")
+    checks += docker_checks(host, gpu)
+    if settings is None:
+        return checks
+    checks.append(open_api(environ, settings))
+    if gpu:
+        checks += gpu_checks(host, settings)
+    checks.append(shm_check(host, environ))
+    checks += model_checks(host, environ, settings)
+    checks += port_checks(host, environ, settings, profile)
+    if profile in ("head", "worker"):
+        checks += multinode_checks(host, environ, settings, profile)
+    return checks
+
+
+def render(checks: Sequence[Check]) -> str:
+    lines = []
+    for c in checks:
+        line = f"{c.status.upper():4}  {c.name:<18} {c.message}"
+        if c.fix and c.status != PASS:
+            line += f"\n      {'':<18} fix: {c.fix}"
+        lines.append(line)
+    fails = sum(c.status == FAIL for c in checks)
+    warns = sum(c.status == WARN for c in checks)
+    lines.append(f"\n{fails} failed, {warns} warnings, {len(checks) - fails - warns} passed")
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="doctor", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--profile", choices=PROFILES, help="check for this profile (default: COMPOSE_PROFILES)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--root", type=Path, default=Path("/"), help="read /dev, /sys and /proc under this root (tests)")
+    p.add_argument("--nvidia-smi", default="nvidia-smi", help="the nvidia-smi program to run")
+    p.add_argument("--docker", default="docker", help="the docker program to run")
+    p.add_argument("--ip", default="ip", help="the ip program to run")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    env = dict(os.environ) if environ is None else environ
+    host = Host(root=args.root, nvidia_smi=args.nvidia_smi, docker=args.docker, ip=args.ip)
+    checks = run_checks(env, host, args.profile)
+    if args.json:
+        print(json.dumps({"checks": [asdict(c) for c in checks],
+                          "failed": sum(c.status == FAIL for c in checks)}, indent=2))
+    else:
+        print(render(checks))
+    return 1 if any(c.status == FAIL for c in checks) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,22 +6,11 @@ set -Eeuo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-# A Python with python-dotenv (what deploy.py reads .env with): the test
-# command's venv, else the host's python3.
-doctor_python() {
-  local candidate
-  for candidate in "$RUNTIME_DIR/venv/bin/python" python3; do
-    if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c 'import dotenv' 2>/dev/null; then
-      printf '%s\n' "$candidate"
-      return 0
-    fi
-  done
-  die "doctor needs python3 with python-dotenv: apt install python3-dotenv (or pip install python-dotenv)"
-}
-
 main() {
   local python
-  python=$(doctor_python)
+  # python-dotenv: what deploy.py reads .env with.
+  python=$(python_with dotenv) ||
+    die "doctor needs python3 with python-dotenv: apt install python3-dotenv (or pip install python-dotenv)"
   exec "$python" "$REPO_ROOT/src/doctor.py" "$@"
 }
 

@@ -31,19 +31,6 @@ compose_profile() {
   printf '%s\n' "${profiles%%,*}"
 }
 
-# A Python with huggingface_hub and python-dotenv: the test command's venv,
-# else the host's python3.
-host_python() {
-  local candidate
-  for candidate in "$RUNTIME_DIR/venv/bin/python" python3; do
-    if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c 'import dotenv, huggingface_hub' 2>/dev/null; then
-      printf '%s\n' "$candidate"
-      return 0
-    fi
-  done
-  die "--dest needs python3 with huggingface_hub and python-dotenv (pip install huggingface_hub python-dotenv); without --dest the download runs in the image"
-}
-
 main() {
   local arg on_host=0
   for arg in "$@"; do
@@ -51,7 +38,10 @@ main() {
     [[ "$arg" == -h || "$arg" == --help ]] && on_host=1
   done
   if (( on_host )); then
-    exec "$(host_python)" "$REPO_ROOT/src/download_model.py" "$@"
+    local python
+    python=$(python_with dotenv huggingface_hub) ||
+      die "--dest needs python3 with huggingface_hub and python-dotenv (pip install huggingface_hub python-dotenv); without --dest the download runs in the image"
+    exec "$python" "$REPO_ROOT/src/download_model.py" "$@"
   fi
   local service
   service=$(serving_service)

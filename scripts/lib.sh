@@ -117,3 +117,17 @@ debian_mirror() {
   fi
   printf '%s\n' "${url:-$FALLBACK_MIRROR}"
 }
+
+# python_with MODULE...: a Python that imports all of them (the test
+# command's venv first, then the host's python3); fails when none does.
+python_with() {
+  local candidate imports
+  imports=$(IFS=,; echo "$*")
+  for candidate in "$RUNTIME_DIR/venv/bin/python" python3; do
+    if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c "import $imports" 2>/dev/null; then
+      printf '%s\n' "$candidate"
+      return 0
+    fi
+  done
+  return 1
+}

@@ -23,11 +23,11 @@ serving_service() {
   esac
 }
 
+# The first of COMPOSE_PROFILES, the shell's or .env's (Compose's rule). Runs
+# in $(...), so what load_env_files exports stays in that subshell.
 compose_profile() {
+  load_env_files "$REPO_ROOT/.env"
   local profiles="${COMPOSE_PROFILES:-}"
-  if [[ -z "$profiles" && -f "$REPO_ROOT/.env" ]]; then
-    profiles=$(sed -n 's/^COMPOSE_PROFILES=//p' "$REPO_ROOT/.env" | tail -n 1)
-  fi
   printf '%s\n' "${profiles%%,*}"
 }
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping, MutableMapping, Sequence
 
 from deploy import env_files, insecure_secrets, load_env_files
+from model_source import offline
 from settings import ConfigError, Settings, parse_settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -187,7 +188,17 @@ def open_api(environ: Mapping[str, str], settings: Settings) -> Check:
 
 # --- Docker ------------------------------------------------------------------------
 
-def docker_checks(host: Host, gpu: bool) -> list[Check]:
+def docker_info(host: Host) -> dict:
+    """`docker info` as data, read once ({} when the daemon does not answer)."""
+    code, out = host.run([host.docker, "info", "--format", "{{json .}}"])
+    try:
+        info = json.loads(out) if code == 0 else {}
+    except ValueError:
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def docker_checks(host: Host, gpu: bool, info: dict) -> list[Check]:
     code, out = host.run([host.docker, "version", "--format", "{{.Server.Version}}"])
     if code == 127:
         return [Check("docker", FAIL, "the docker command is not installed",
@@ -216,23 +227,13 @@ def docker_checks(host: Host, gpu: bool) -> list[Check]:
         else:
             checks.append(Check(name, PASS, f"docker {name} {'.'.join(map(str, version))}"))
     if gpu:
-        code, out = host.run([host.docker, "info", "--format", "{{json .Runtimes}}"])
-        try:
-            runtimes = json.loads(out) if code == 0 else {}
-        except ValueError:
-            runtimes = {}
-        if "nvidia" in runtimes:
+        if "nvidia" in (info.get("Runtimes") or {}):
             checks.append(Check("toolkit", PASS, "the nvidia runtime is registered with Docker"))
         else:
             checks.append(Check("toolkit", FAIL, "Docker has no nvidia runtime: the NVIDIA Container Toolkit is "
                                 "missing or not configured", "install nvidia-container-toolkit, run "
                                 "`nvidia-ctk runtime configure --runtime=docker` and restart Docker"))
     return checks
-
-
-def docker_root(host: Host) -> Path | None:
-    code, out = host.run([host.docker, "info", "--format", "{{.DockerRootDir}}"])
-    return Path(out) if code == 0 and out.startswith("/") else None
 
 
 # --- GPUs --------------------------------------------------------------------------
@@ -339,10 +340,9 @@ def host_path(environ: Mapping[str, str], name: str) -> Path:
     return (COMPOSE_DIR / environ.get(name, "")).resolve()
 
 
-def model_checks(host: Host, environ: Mapping[str, str], settings: Settings) -> list[Check]:
+def model_checks(host: Host, environ: Mapping[str, str], settings: Settings, info: dict) -> list[Check]:
     checks = []
     source = settings.model_source
-    offline = environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
     if source and source.startswith("/models/"):
         local = host_path(environ, "MODELS_DIR") / source[len("/models/"):]
         if not (local / "config.json").is_file():
@@ -357,12 +357,13 @@ def model_checks(host: Host, environ: Mapping[str, str], settings: Settings) -> 
                             "it; it must exist inside the container", "put the weights under MODELS_DIR and use "
                             "MODEL_SOURCE=/models/<folder>"))
         return checks
-    if offline:
+    if offline(environ):
         checks.append(Check("model", WARN, f"HF_HUB_OFFLINE=1 with no MODEL_SOURCE: {settings.model_id} must already "
                             "be in the model-cache volume", "scripts/download-model.sh --volume fills it ahead of time"))
-    root = docker_root(host)
-    if root is None:
+    root_dir = str(info.get("DockerRootDir") or "")
+    if not root_dir.startswith("/"):
         return checks
+    root = Path(root_dir)
     free = host.disk_free(host.path(str(root)))
     if free is None:
         checks.append(Check("disk", WARN, f"cannot see Docker's data root {root} from here (remote or rootless "
@@ -487,14 +488,15 @@ def run_checks(environ: MutableMapping[str, str], host: Host, profile: str | Non
     if profile not in PROFILES:
         return checks
     gpu = profile != "cpu" and (settings is None or settings.device == "gpu")
-    checks += docker_checks(host, gpu)
+    info = docker_info(host)
+    checks += docker_checks(host, gpu, info)
     if settings is None:
         return checks
     checks.append(open_api(environ, settings))
     if gpu:
         checks += gpu_checks(host, settings)
     checks.append(shm_check(host, environ))
-    checks += model_checks(host, environ, settings)
+    checks += model_checks(host, environ, settings, info)
     checks += port_checks(host, environ, settings, profile)
     if profile in ("head", "worker"):
         checks += multinode_checks(host, environ, settings, profile)

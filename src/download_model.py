@@ -24,13 +24,14 @@ from pathlib import Path
 from typing import MutableMapping, Sequence
 
 from deploy import env_files, insecure_secrets, load_env_files
-from settings import HF_TOKEN_NAMES
+from model_source import offline
+from settings import HF_TOKEN_NAMES, first_secret
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
-def parse_args(argv: Sequence[str], environ: MutableMapping[str, str]) -> argparse.Namespace:
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="download-model", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--model", default=None, help="Hugging Face model id (default: MODEL_ID from .env)")
@@ -42,17 +43,9 @@ def parse_args(argv: Sequence[str], environ: MutableMapping[str, str]) -> argpar
     return p.parse_args(argv)
 
 
-def hf_token(environ: MutableMapping[str, str]) -> str | None:
-    for name in HF_TOKEN_NAMES:
-        value = (environ.get(name) or "").strip()
-        if value:
-            return value
-    return None
-
-
 def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | None = None) -> int:
     env = os.environ if environ is None else environ
-    args = parse_args(sys.argv[1:] if argv is None else argv, env)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     dotenv_file, secrets_file = env_files(env)
     problem = insecure_secrets(secrets_file)
     if problem:
@@ -63,7 +56,7 @@ def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | 
     if not model:
         print("download-model: no model: pass --model or set MODEL_ID in .env", file=sys.stderr)
         return EXIT_USAGE
-    if (env.get("HF_HUB_OFFLINE") or "").strip().lower() in ("1", "true", "yes", "on"):
+    if offline(env):
         print("download-model: HF_HUB_OFFLINE is set, so nothing can be downloaded: run it with "
               "HF_HUB_OFFLINE= (empty) on a machine that reaches the Hub or HF_ENDPOINT", file=sys.stderr)
         return EXIT_USAGE
@@ -77,7 +70,7 @@ def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | 
           file=sys.stderr)
     try:
         path = snapshot_download(repo_id=model, revision=args.revision, allow_patterns=args.include,
-                                 local_dir=args.dest, token=hf_token(env) or None)
+                                 local_dir=args.dest, token=first_secret(env, HF_TOKEN_NAMES))
     except GatedRepoError:
         print(f"download-model: {model} is gated: accept its licence on the Hub and put HF_TOKEN in .secrets",
               file=sys.stderr)

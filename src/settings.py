@@ -228,11 +228,16 @@ class _Reader:
         return parsed
 
     def first_secret(self, names: tuple[str, ...]) -> str | None:
-        for name in names:
-            value = (self.environ.get(name) or "").strip()
-            if value:
-                return value
-        return None
+        return first_secret(self.environ, names)
+
+
+def first_secret(environ: Mapping[str, str], names: tuple[str, ...]) -> str | None:
+    """The first of these variables that is set and not blank, stripped."""
+    for name in names:
+        value = (environ.get(name) or "").strip()
+        if value:
+            return value
+    return None
 
 
 def schedulability_problems(device: str, gpus_per_node: int, num_nodes: int, strategy: str,

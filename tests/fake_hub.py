@@ -40,6 +40,7 @@ class FakeHub:
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
+        self.url = ""  # set by start()
 
     # --- repo data ---
     @staticmethod
@@ -79,7 +80,8 @@ class FakeHub:
         self._server = ThreadingHTTPServer((host, 0), Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return f"http://{host}:{self._server.server_address[1]}"
+        self.url = f"http://{host}:{self._server.server_address[1]}"
+        return self.url
 
     def stop(self) -> None:
         if self._server:

@@ -32,15 +32,21 @@ def fake_program(path: Path, answers: dict[str, tuple[int, str]]) -> str:
     return str(path)
 
 
-def docker_answers(engine: str = "26.1.5", compose: str = "2.40.3", buildx: str = "github.com/docker/buildx 0.19.3",
-                   runtimes: str = '{"io.containerd.runc.v2":{},"nvidia":{"path":"nvidia-container-runtime"},"runc":{}}',
-                   root: str = "/var/lib/docker") -> dict[str, tuple[int, str]]:
+NVIDIA_RUNTIMES = {"io.containerd.runc.v2": {}, "nvidia": {"path": "nvidia-container-runtime"}, "runc": {}}
+
+
+def info_answer(runtimes: dict = NVIDIA_RUNTIMES, root: str = "/var/lib/docker") -> tuple[int, str]:
+    """`docker info --format {{json .}}`, the fields the doctor reads."""
+    return 0, json.dumps({"Runtimes": runtimes, "DockerRootDir": root, "ServerVersion": "26.1.5"})
+
+
+def docker_answers(engine: str = "26.1.5", compose: str = "2.40.3",
+                   buildx: str = "github.com/docker/buildx 0.19.3") -> dict[str, tuple[int, str]]:
     return {
         "version --format {{.Server.Version}}": (0, engine),
         "compose version --short": (0, compose),
         "buildx version": (0, buildx),
-        "info --format {{json .Runtimes}}": (0, runtimes),
-        "info --format {{.DockerRootDir}}": (0, root),
+        "info --format {{json .}}": info_answer(),
     }
 
 
@@ -140,7 +146,7 @@ def test_no_gpu_says_so(doc: Doctor) -> None:
 
 def test_cpu_profile_needs_no_gpu(doc: Doctor) -> None:
     doc.smi = None
-    doc.docker["info --format {{json .Runtimes}}"] = (0, '{"runc":{}}')
+    doc.docker["info --format {{json .}}"] = info_answer(runtimes={"runc": {}})
     checks = doc.checks("cpu")
     assert failed(checks) == {}
     assert "gpu" not in checks and "toolkit" not in checks
@@ -148,7 +154,7 @@ def test_cpu_profile_needs_no_gpu(doc: Doctor) -> None:
 
 
 def test_container_toolkit_missing(doc: Doctor) -> None:
-    doc.docker["info --format {{json .Runtimes}}"] = (0, '{"io.containerd.runc.v2":{},"runc":{}}')
+    doc.docker["info --format {{json .}}"] = info_answer(runtimes={"io.containerd.runc.v2": {}, "runc": {}})
     assert "no nvidia runtime" in failed(doc.checks())["toolkit"]
 
 

@@ -17,7 +17,7 @@ from typing import Iterator
 import pytest
 
 from conftest import REPO_ROOT, clean_env, run
-from docker_support import TINY_MODEL_DIR
+from docker_support import TINY_MODEL_DIR, make_tiny_model
 from fake_hub import FakeHub
 
 REPO = "local-test/tiny-llama"
@@ -33,8 +33,7 @@ BIG_SIZE = 24 << 20
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model's files plus one large (random) file, as a Hub repo."""
-    subprocess.run([str(REPO_ROOT / ".runtime" / "venv" / "bin" / "python"), str(REPO_ROOT / "scripts" / "make-tiny-model.py"),
-                    str(TINY_MODEL_DIR)], check=True, capture_output=True, timeout=300)
+    make_tiny_model()
     repo = tmp_path_factory.mktemp("repo")
     for item in TINY_MODEL_DIR.iterdir():
         if item.is_file() and not item.name.startswith("."):
@@ -46,7 +45,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def hub(model_dir: Path) -> Iterator[FakeHub]:
     hub = FakeHub({REPO: model_dir}, token=TOKEN)
-    hub.url = hub.start()  # type: ignore[attr-defined]
+    hub.start()
     yield hub
     hub.stop()
 
@@ -59,7 +58,7 @@ def secrets(tmp_path: Path, token: str | None = TOKEN) -> Path:
 
 
 def download(hub: FakeHub, tmp_path: Path, *args: str, token: str | None = TOKEN) -> subprocess.CompletedProcess[str]:
-    env = clean_env(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf-home"),  # type: ignore[attr-defined]
+    env = clean_env(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf-home"),
                     RAY_LLM_SECRETS_FILE=str(secrets(tmp_path, token)), HF_HUB_OFFLINE="",
                     HF_HUB_DISABLE_PROGRESS_BARS="1")
     return run(["bash", str(REPO_ROOT / "scripts" / "download-model.sh"), *args], env=env, timeout=180)
@@ -132,7 +131,7 @@ def test_into_the_cache_then_found_offline(hub: FakeHub, tmp_path: Path, model_d
     HF_HUB_OFFLINE=1, the way vLLM looks the model up."""
     python = str(REPO_ROOT / ".runtime" / "venv" / "bin" / "python")
     home = tmp_path / "hf-home"
-    env = clean_env(HF_ENDPOINT=hub.url, HF_HOME=str(home), RAY_LLM_SECRETS_FILE=str(secrets(tmp_path)),  # type: ignore[attr-defined]
+    env = clean_env(HF_ENDPOINT=hub.url, HF_HOME=str(home), RAY_LLM_SECRETS_FILE=str(secrets(tmp_path)),
                     HF_HUB_DISABLE_PROGRESS_BARS="1", HF_HUB_OFFLINE="")
     done = run([python, str(REPO_ROOT / "src" / "download_model.py"), "--model", REPO], env=env, timeout=180)
     assert done.returncode == 0, done.stderr

@@ -28,6 +28,7 @@ import pytest
 
 import model_source
 from conftest import REPO_ROOT, clean_env, run
+from docker_support import TINY_MODEL_DIR, make_tiny_model
 from fake_hub import FakeHub
 from settings import parse_settings
 from stack_support import LocalStack
@@ -37,18 +38,11 @@ API_KEY = "sk-offline-test-key"
 PYTHON = str(REPO_ROOT / ".runtime" / "venv" / "bin" / "python")
 
 
-def tiny_model() -> Path:
-    from docker_support import TINY_MODEL_DIR
-
-    subprocess.run([PYTHON, str(REPO_ROOT / "scripts" / "make-tiny-model.py"), str(TINY_MODEL_DIR)], check=True,
-                   capture_output=True, timeout=300)
-    return TINY_MODEL_DIR
-
-
 @pytest.fixture
 def hub() -> Iterator[FakeHub]:
-    hub = FakeHub({REPO: tiny_model()})
-    hub.url = hub.start()  # type: ignore[attr-defined]
+    make_tiny_model()
+    hub = FakeHub({REPO: TINY_MODEL_DIR})
+    hub.start()
     yield hub
     hub.stop()
 
@@ -76,7 +70,7 @@ def test_air_gapped_start_makes_no_network_call(hub: FakeHub, tmp_path: Path) ->
         pytest.fail(f"the offline test needs a network namespace: {missing} (scripts/test.sh installs util-linux, iproute2)")
     models = tmp_path / "models"
     fetched = run(["bash", str(REPO_ROOT / "scripts" / "download-model.sh"), "--model", REPO, "--dest",
-                   str(models / "tiny")], env=clean_env(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf"),  # type: ignore[attr-defined]
+                   str(models / "tiny")], env=clean_env(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf"),
                                                         HF_HUB_DISABLE_PROGRESS_BARS="1"), timeout=180)
     assert fetched.returncode == 0, fetched.stderr
     hub.stop()
@@ -206,7 +200,7 @@ def test_deploy_refuses_when_the_hub_is_unreachable(tmp_path: Path) -> None:
 
 
 def test_deploy_fetches_the_config_into_the_cache_when_online(hub: FakeHub, tmp_path: Path) -> None:
-    env = {"HF_ENDPOINT": hub.url}  # type: ignore[attr-defined]
+    env = {"HF_ENDPOINT": hub.url}
     code = ("import os, sys; sys.path.insert(0, 'src'); import model_source, settings; "
             f"s = settings.parse_settings({{'MODEL_ID': {REPO!r}, 'DEVICE': 'cpu'}}); "
             "print(model_source.problems(s, os.environ))")

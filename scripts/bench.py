@@ -512,7 +512,8 @@ def stack_cycle(args: argparse.Namespace, model_dir: Path, cycle: int, workdir: 
     env.update(LOCAL_STACK_DIR=str(workdir / f"stack-{cycle}"), DEVICE="cpu", MODEL_SOURCE=str(model_dir),
                SERVED_MODEL_NAME=BENCH_MODEL_NAME, ENGINE_KWARGS=json.dumps({"load_format": "dummy"}),
                OPENAI_API_KEY=BENCH_API_KEY, HF_HUB_OFFLINE="1", NGINX_HTTP_PORT=str(http_port),
-               NGINX_HTTPS_PORT=str(free_port()), RAY_API_PORT=str(api_port), RAY_DASHBOARD_PORT=str(free_port()))
+               NGINX_HTTPS_PORT=str(free_port()), RAY_API_PORT=str(api_port), RAY_DASHBOARD_PORT=str(free_port()),
+               RAY_METRICS_PORT=str(free_port()), NGINX_STATUS_PORT=str(free_port()))
     env.update(dict(item.split("=", 1) for item in args.stack_env))
     env.update(dict(item.split("=", 1) for item in lever))
     if lever:

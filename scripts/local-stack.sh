@@ -175,6 +175,7 @@ start_nginx() {
     die "NGINX_HTTP_PORT=$NGINX_HTTP_PORT needs root; run e.g. NGINX_HTTP_PORT=8080 scripts/local-stack.sh up"
   fi
   check_port_free NGINX_HTTP_PORT "$NGINX_HTTP_PORT"
+  check_port_free NGINX_STATUS_PORT "${NGINX_STATUS_PORT:?NGINX_STATUS_PORT must be set in .env}"
   rm -rf "$STACK_DIR/nginx" && mkdir -p "$STACK_DIR/nginx/prefix"
   "$REPO_ROOT/scripts/render-nginx.sh" "$STACK_DIR/nginx/conf" >&2
   local nginx_cmd=("$NGINX_BIN" -p "$STACK_DIR/nginx/prefix/" -e stderr -c "$STACK_DIR/nginx/conf/nginx.conf")

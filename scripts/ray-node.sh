@@ -134,7 +134,8 @@ stash_hf_token() {
 }
 
 ray_start_args() {
-  RAY_ARGS=(--node-ip-address="$VLLM_HOST_IP" --disable-usage-stats --block)
+  RAY_ARGS=(--node-ip-address="$VLLM_HOST_IP" --metrics-export-port="${RAY_METRICS_PORT:-8080}"
+    --disable-usage-stats --block)
   if [[ "${DEVICE:-gpu}" == gpu ]]; then
     RAY_ARGS+=(--num-gpus="${GPUS_PER_NODE:-1}")
   fi

@@ -11,6 +11,8 @@
 #   ray-llm-standin/debian:bookworm-minbase  debootstrap minbase of Debian 12
 #   ray-llm-standin/uv:<version>             just /uv and /uvx (PyPI's uv wheel)
 #   ray-llm-standin/nginx:debian             Debian nginx-light + envsubst + wget
+#   ray-llm-standin/prometheus:debian        Debian's Prometheus (PROMETHEUS_IMAGE)
+#   ray-llm-standin/nginx-exporter:debian    Debian's prometheus-nginx-exporter
 # Downloads are cached under $RAY_LLM_CACHE_DIR/standins/ (outside the clone):
 # delete a file there to rebuild it from scratch.
 set -Eeuo pipefail
@@ -27,7 +29,9 @@ UV_VERSION_WANTED="${UV_STANDIN_VERSION:-0.13.9}"
 DEBIAN_SUITE=bookworm
 DEBIAN_IMAGE="ray-llm-standin/debian:$DEBIAN_SUITE-minbase"
 STANDIN_NGINX_TAG="ray-llm-standin/nginx:debian"
-NGINX_DOCKERFILE="$REPO_ROOT/tests/standins/nginx.Dockerfile"
+STANDIN_PROMETHEUS_TAG="ray-llm-standin/prometheus:debian"
+STANDIN_NGINX_EXPORTER_TAG="ray-llm-standin/nginx-exporter:debian"
+STANDINS_DIR="$REPO_ROOT/tests/standins"
 UV_IMAGE_REPO="ray-llm-standin/uv"
 DEBIAN_TARBALL="$STANDIN_DIR/debian-$DEBIAN_SUITE-minbase.tar"
 # Labels our images carry, so a changed recipe is rebuilt.
@@ -225,26 +229,32 @@ uv_image() {
   fi
 }
 
-# --- nginx ----------------------------------------------------------------------
+# --- images from a Dockerfile on the Debian stand-in --------------------------
 
-build_nginx() {
-  local sha base_id
-  [[ -f "$NGINX_DOCKERFILE" ]] || die "missing $NGINX_DOCKERFILE"
+# build_on_debian TAG DOCKERFILE: build unless the recipe (Dockerfile + base
+# image) is unchanged.
+build_on_debian() {
+  local tag="$1" dockerfile="$2" sha base_id
+  [[ -f "$dockerfile" ]] || die "missing $dockerfile"
   base_id="$(docker image inspect --format '{{.Id}}' "$DEBIAN_IMAGE")"
-  sha="$({ sha256sum <"$NGINX_DOCKERFILE"; echo "$base_id"; } | sha256sum | cut -d' ' -f1)"
-  if up_to_date "$STANDIN_NGINX_TAG" "$sha"; then
-    log_info "present: $STANDIN_NGINX_TAG"
+  sha="$({ sha256sum <"$dockerfile"; echo "$base_id"; } | sha256sum | cut -d' ' -f1)"
+  if up_to_date "$tag" "$sha"; then
+    log_info "present: $tag"
     return 0
   fi
-  log_info "building $STANDIN_NGINX_TAG from $DEBIAN_IMAGE"
+  log_info "building $tag from $DEBIAN_IMAGE"
   # The folder holds only Dockerfiles: a tiny build context.
   docker build --progress plain \
-    --file "$NGINX_DOCKERFILE" \
+    --file "$dockerfile" \
     --build-arg "BASE_IMAGE=$DEBIAN_IMAGE" \
     --label "$RECIPE_LABEL=$sha" \
-    --tag "$STANDIN_NGINX_TAG" \
-    "$(dirname "$NGINX_DOCKERFILE")" >&2
+    --tag "$tag" \
+    "$(dirname "$dockerfile")" >&2
 }
+
+build_nginx() { build_on_debian "$STANDIN_NGINX_TAG" "$STANDINS_DIR/nginx.Dockerfile"; }
+build_prometheus() { build_on_debian "$STANDIN_PROMETHEUS_TAG" "$STANDINS_DIR/prometheus.Dockerfile"; }
+build_nginx_exporter() { build_on_debian "$STANDIN_NGINX_EXPORTER_TAG" "$STANDINS_DIR/nginx-exporter.Dockerfile"; }
 
 # --- commands -------------------------------------------------------------------
 
@@ -252,6 +262,8 @@ cmd_names() {
   printf 'STANDIN_DEBIAN_IMAGE=%s\n' "$DEBIAN_IMAGE"
   printf 'STANDIN_UV_IMAGE=%s\n' "$(uv_image)"
   printf 'STANDIN_NGINX_IMAGE=%s\n' "$STANDIN_NGINX_TAG"
+  printf 'STANDIN_PROMETHEUS_IMAGE=%s\n' "$STANDIN_PROMETHEUS_TAG"
+  printf 'STANDIN_NGINX_EXPORTER_IMAGE=%s\n' "$STANDIN_NGINX_EXPORTER_TAG"
 }
 
 timed() {
@@ -266,6 +278,8 @@ cmd_build() {
   timed build_debian
   timed build_uv
   timed build_nginx
+  timed build_prometheus
+  timed build_nginx_exporter
   log_info "stand-in images:"
   docker image ls --filter 'reference=ray-llm-standin/*' \
     --format '  {{.Repository}}:{{.Tag}}  {{.ID}}  {{.Size}}' >&2

@@ -15,7 +15,8 @@ set -Eeuo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 VENV="$RUNTIME_DIR/venv"
-APT_PACKAGES=(nginx-light gettext-base iproute2 wrk openssl curl procps busybox debootstrap)
+APT_PACKAGES=(nginx-light gettext-base iproute2 wrk openssl curl procps busybox debootstrap prometheus
+  prometheus-nginx-exporter)
 
 # Debian packages: nginx (+ envsubst) for the proxy tests, busybox (the
 # Alpine nginx image's shell), iproute2 for the network-namespace hosts, wrk

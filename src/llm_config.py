@@ -105,7 +105,8 @@ def serving_args(s: Settings) -> dict[str, Any]:
         # ingress configuration then.
         return {"llm_configs": [llm_config(s)]}
     # The ingress holds the client's stream, so it drains as long as the model.
-    ingress: dict[str, Any] = {"graceful_shutdown_timeout_s": drain_timeout_s(s)}
+    ingress: dict[str, Any] = {"graceful_shutdown_timeout_s": drain_timeout_s(s),
+                               "num_replicas": s.ingress_replicas}
     if s.device == "cpu":
         # On a 2-core box the model server takes every CPU; an ingress asking
         # for 1 CPU would never schedule. It only routes requests.
@@ -129,6 +130,8 @@ def ray_init_kwargs(s: Settings) -> dict[str, Any]:
         "include_dashboard": True,
         "dashboard_host": s.api_host,
         "dashboard_port": s.dashboard_port,
+        # Fixed, so Prometheus (Compose profile monitoring) finds it.
+        "_metrics_export_port": s.metrics_port,
     }
 
 

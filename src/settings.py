@@ -60,9 +60,11 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("VLLM_CPU_KVCACHE_SPACE", "1", "DEVICE=cpu only: KV-cache size in GiB."),
     Variable("RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING", "0", "Alpha upstream: the model replica serves HTTP itself behind Ray's HAProxy ingress (1) or not (0)."),
     Variable("STREAM_BATCHING_INTERVAL_MS", str(DEFAULT_STREAM_BATCHING_INTERVAL_MS), "Ray Serve LLM writes streamed tokens in batches this often (ms); 0 = each token at once."),
+    Variable("INGRESS_REPLICAS", "1", "Replicas of Ray Serve's OpenAI ingress (the hop every token passes); ignored with direct streaming."),
     Variable("RAY_API_HOST", "0.0.0.0", "Address Ray Serve's HTTP server and the dashboard bind."),
     Variable("RAY_API_PORT", "8000", "Port of the OpenAI-compatible API (Ray Serve HTTP)."),
     Variable("RAY_DASHBOARD_PORT", "8265", "Port of the Ray dashboard."),
+    Variable("RAY_METRICS_PORT", "8080", "Port of Ray's Prometheus metrics (Serve and vLLM engine metrics) on each node."),
     Variable("RAY_ADDRESS", "", "Existing Ray cluster to join (host:port). Empty = start one."),
     Variable("RAY_HEAD_HOST", "", "Head node IP; with RAY_HEAD_PORT forms the address when RAY_ADDRESS is empty."),
     Variable("RAY_HEAD_PORT", "6379", "Ray head GCS port."),
@@ -113,6 +115,7 @@ class Settings:
     api_port: int
     dashboard_port: int
     ray_address: str | None
+    metrics_port: int = 8080
     num_nodes: int = 1
     placement_strategy: str = "PACK"
     node_wait_timeout_s: int = 600
@@ -121,6 +124,7 @@ class Settings:
     watchdog_recovery_timeout_s: int = DEFAULT_RECOVERY_TIMEOUT_S
     stream_batching_interval_ms: int = DEFAULT_STREAM_BATCHING_INTERVAL_MS
     direct_streaming: bool = False
+    ingress_replicas: int = 1
     hf_token: str | None = field(default=None, repr=False)
     openai_api_key: str | None = field(default=None, repr=False)
     ray_auth_token: str | None = field(default=None, repr=False)
@@ -314,12 +318,14 @@ def parse_settings(environ: Mapping[str, str]) -> Settings:
     api_port = r.integer("RAY_API_PORT", 1, 65535)
     dashboard_port = r.integer("RAY_DASHBOARD_PORT", 1, 65535)
     head_port = r.integer("RAY_HEAD_PORT", 1, 65535)
+    metrics_port = r.integer("RAY_METRICS_PORT", 1, 65535)
     http_port = r.integer("NGINX_HTTP_PORT", 1, 65535)
     https_port = r.integer("NGINX_HTTPS_PORT", 1, 65535)
     ports = {
         "RAY_API_PORT": api_port,
         "RAY_DASHBOARD_PORT": dashboard_port,
         "RAY_HEAD_PORT": head_port,
+        "RAY_METRICS_PORT": metrics_port,
         "NGINX_HTTP_PORT": http_port,
         "NGINX_HTTPS_PORT": https_port,
     }
@@ -370,6 +376,7 @@ def parse_settings(environ: Mapping[str, str]) -> Settings:
         api_host=r.raw("RAY_API_HOST") or "0.0.0.0",
         api_port=api_port,
         dashboard_port=dashboard_port,
+        metrics_port=metrics_port,
         ray_address=resolve_ray_address(r.optional("RAY_ADDRESS"), r.optional("RAY_HEAD_HOST"), head_port),
         num_nodes=num_nodes,
         placement_strategy=strategy,
@@ -379,6 +386,7 @@ def parse_settings(environ: Mapping[str, str]) -> Settings:
         watchdog_recovery_timeout_s=r.integer("WATCHDOG_RECOVERY_TIMEOUT", 0),
         stream_batching_interval_ms=r.integer("STREAM_BATCHING_INTERVAL_MS", 0, 1000),
         direct_streaming=r.integer("RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING", 0, 1) == 1,
+        ingress_replicas=r.integer("INGRESS_REPLICAS", 1, 64),
         hf_token=r.first_secret(HF_TOKEN_NAMES),
         openai_api_key=api_key,
         ray_auth_token=ray_token,

@@ -59,6 +59,7 @@ class ComposeStack:
     https_port: int = field(default_factory=free_port)
     api_port: int = field(default_factory=free_port)
     dashboard_port: int = field(default_factory=free_port)
+    prometheus_port: int = field(default_factory=free_port)
 
     def __post_init__(self) -> None:
         self.secrets_file = self.work_dir / "secrets"
@@ -83,6 +84,11 @@ class ComposeStack:
             CPU_BASE_IMAGE=standin("STANDIN_DEBIAN_IMAGE"),
             UV_IMAGE=standin("STANDIN_UV_IMAGE"),
             NGINX_BASE_IMAGE=standin("STANDIN_NGINX_IMAGE"),
+            # Profile monitoring: stand-ins from Debian's packages (no Grafana here).
+            PROMETHEUS_IMAGE=standin("STANDIN_PROMETHEUS_IMAGE"),
+            NGINX_EXPORTER_IMAGE=standin("STANDIN_NGINX_EXPORTER_IMAGE"),
+            PROMETHEUS_PORT=str(self.prometheus_port),
+            PROMETHEUS_SCRAPE_INTERVAL="2s",
             # torch==2.13.0+cpu from this machine's wheel folder, and its TLS proxy's CA.
             CPU_TORCH_INDEX_URL="",
             CPU_WHEELS_DIR=os.environ.get("TORCH_CPU_FIND_LINKS", "/opt/wheels"),

@@ -66,6 +66,7 @@ def base_env(**overrides: str) -> dict[str, str]:
         NGINX_HTTPS_PORT=str(free_port()),
         RAY_API_PORT=str(free_port()),
         RAY_DASHBOARD_PORT=str(free_port()),
+        NGINX_STATUS_PORT=str(free_port()),
         NGINX_CERTS_DIR="",
     )
     env.update(overrides)

@@ -37,6 +37,8 @@ class LocalStack:
     http_port: int = field(default_factory=free_port)
     api_port: int = field(default_factory=free_port)
     dashboard_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
+    status_port: int = field(default_factory=free_port)
 
     @property
     def base_url(self) -> str:
@@ -48,8 +50,10 @@ class LocalStack:
             LOCAL_STACK_DIR=str(self.stack_dir),
             NGINX_HTTP_PORT=str(self.http_port),
             NGINX_HTTPS_PORT=str(free_port()),
+            NGINX_STATUS_PORT=str(self.status_port),
             RAY_API_PORT=str(self.api_port),
             RAY_DASHBOARD_PORT=str(self.dashboard_port),
+            RAY_METRICS_PORT=str(self.metrics_port),
             OPENAI_API_KEY=self.api_key or "",
             DEVICE="cpu",
             MAX_NUM_SEQS="32",

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -164,6 +165,60 @@ def test_errors_in_openai_shape_inside_compose(up: ComposeStack) -> None:
     assert err.value.body["param"] == "max_tokens" and "Internal exception" not in err.value.body["message"]
     r = httpx.get(up.base_url + "/v1/chat/completions", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30)
     assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed", r.text
+
+
+def prometheus_query(s: ComposeStack, query: str) -> float:
+    body = httpx.get(f"http://127.0.0.1:{s.prometheus_port}/api/v1/query", params={"query": query}, timeout=10).json()
+    result = body["data"]["result"]
+    return float(result[0]["value"][1]) if result else -1.0
+
+
+def test_monitoring_profile_scrapes_ray_vllm_and_nginx_inside_compose(up: ComposeStack) -> None:
+    """Profile monitoring beside cpu: Prometheus and the Nginx exporter (local
+    stand-ins of their images) scrape the running stack over the Compose
+    network, with the configuration Compose renders."""
+    services = ("prometheus", "nginx-exporter")
+    try:
+        out = up.compose("--profile", "monitoring", "up", "-d", "--wait", *services, timeout=600)
+        assert out.returncode == 0, out.stderr + up.logs()
+        assert up.health(SERVE) == "healthy", "adding the profile must not recreate the model server"
+
+        def all_up() -> bool:
+            try:
+                return all(prometheus_query(up, f'up{{job="{job}"}}') == 1 for job in ("ray", "nginx"))
+            except (httpx.HTTPError, KeyError, ValueError):
+                return False
+
+        wait_for("Prometheus' ray and nginx targets up", all_up, timeout=120)
+        query = "sum(ray_vllm_generation_tokens_total)"
+        wait_for("vLLM's token counter in Prometheus", lambda: prometheus_query(up, query) >= 0, timeout=120)
+        before = prometheus_query(up, query)
+        reply = client(up).completions.create(model=MODEL, prompt="one two", max_tokens=10,
+                                              extra_body={"ignore_eos": True})
+        assert reply.usage is not None and reply.usage.completion_tokens == 10
+        wait_for(f"{query} to grow by 10 from {before}", lambda: prometheus_query(up, query) >= before + 10,
+                 timeout=120)
+        assert prometheus_query(up, 'sum(nginx_http_requests_total{job="nginx"})') >= 1
+    finally:
+        up.compose("--profile", "monitoring", "rm", "--stop", "--force", *services, timeout=120)
+        up.docker("volume", "rm", "-f", f"{up.project}_prometheus-data")
+
+
+def test_tunnel_refuses_to_start_without_an_api_key_inside_compose(up: ComposeStack, tmp_path: Path) -> None:
+    """tunnel-secret in the project's nginx image, with .secrets mounted as in
+    production: an empty OPENAI_API_KEY stops it (and so cloudflared)."""
+    secrets = tmp_path / "secrets"
+    secrets.write_text("OPENAI_API_KEY=\nCLOUDFLARE_TUNNEL_TOKEN=eyJ0dW5uZWwiOiJ0ZXN0In0\n")
+    secrets.chmod(0o600)
+    env = {**up.env(), "SECRETS_FILE": str(secrets)}
+    try:
+        out = subprocess.run(["docker", "compose", "--profile", "tunnel", "run", "--rm", "--no-deps", "-T",
+                              "tunnel-secret"], cwd=REPO_ROOT, env=env, text=True, capture_output=True,
+                             timeout=300, check=False)
+        assert out.returncode != 0, out.stdout + out.stderr
+        assert "OPENAI_API_KEY is empty" in out.stderr and "eyJ0" not in out.stdout + out.stderr
+    finally:
+        up.docker("volume", "rm", "-f", f"{up.project}_tunnel-secret")
 
 
 def test_ray_ports_are_published_on_loopback_only(up: ComposeStack) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import yaml
+
 from conftest import REPO_ROOT
 from settings import HF_TOKEN_NAMES, VARIABLES
 
@@ -37,6 +39,18 @@ def derived_by_envsh() -> set[str]:
 
 def read_by_compose() -> set[str]:
     return set(BRACED.findall((REPO_ROOT / "docker" / "docker-compose.yml").read_text())) | COMPOSE_NATIVE
+
+
+def read_by_secret_files() -> set[str]:
+    """Names the *-secret services (docker/nginx/secret-file.sh) take from .secrets:
+    NAME DEST OWNER [REQUIRED...] in their command."""
+    compose = yaml.safe_load((REPO_ROOT / "docker" / "docker-compose.yml").read_text())
+    names: set[str] = set()
+    for service in compose["services"].values():
+        if str(service.get("entrypoint", [""])[0]).endswith("/secret-file.sh"):
+            command = service["command"]
+            names |= {command[0], *command[3:]}
+    return names
 
 
 def read_by_nginx() -> set[str]:
@@ -73,7 +87,7 @@ def test_everything_read_is_documented() -> None:
 
 
 def test_everything_documented_is_read() -> None:
-    read = read_by_compose() | read_by_nginx() | read_by_deploy() | read_by_scripts()
+    read = read_by_compose() | read_by_nginx() | read_by_deploy() | read_by_scripts() | read_by_secret_files()
     unused = sorted(n for n in all_documented() - read if not n.startswith(UPSTREAM_PREFIXES))
     assert not unused, f"documented but never read: {unused}"
 
@@ -90,7 +104,7 @@ def test_env_holds_no_secrets_and_example_is_empty() -> None:
     assert not {"HF_TOKEN", "OPENAI_API_KEY"} & set(env)
     example = documented(REPO_ROOT / ".secrets.example")
     assert set(example) == {"HF_TOKEN", "OPENAI_API_KEY", "RAY_AUTH_TOKEN", "NGINX_DASHBOARD_USER",
-                            "NGINX_DASHBOARD_PASSWORD"}
+                            "NGINX_DASHBOARD_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "CLOUDFLARE_TUNNEL_TOKEN"}
     assert all(value == "" for value in example.values())
 
 

@@ -59,11 +59,13 @@ class Cluster:
             RAY_AUTH_TOKEN=TOKEN, RAY_HEAD_HOST=self.hosts.head.ip, RAY_HEAD_PORT=str(self.gcs_port),
             RAY_API_PORT=str(self.api_port), RAY_DASHBOARD_PORT=str(self.dashboard_port),
             RAY_API_HOST="127.0.0.1" if loopback else "0.0.0.0", NGINX_HTTP_PORT=str(self.http_port),
-            NGINX_HTTPS_PORT=str(free_port()), RAY_HEAD_WAIT_TIMEOUT="120", **SHARED_NCCL,
+            NGINX_HTTPS_PORT=str(free_port()), NGINX_STATUS_PORT=str(free_port() if loopback else 8081),
+            RAY_HEAD_WAIT_TIMEOUT="120", **SHARED_NCCL,
         )
         self.nodes: dict[str, Node] = {}
         for host, extra in ((self.hosts.head, {"RAY_START_ARGS": "--num-cpus=0"}), (self.hosts.worker, {})):
-            env = {**base, **extra, "VLLM_HOST_IP": host.ip, "NCCL_SOCKET_IFNAME": host.ifname,
+            env = {**base, **extra, "VLLM_HOST_IP": host.ip,
+                   "RAY_METRICS_PORT": str(free_port() if loopback else 8090), "NCCL_SOCKET_IFNAME": host.ifname,
                    "GLOO_SOCKET_IFNAME": host.ifname, "VLLM_CONFIG_ROOT": str(root / host.name / "vllm-config")}
             self.nodes[host.name] = Node(host, host.name, env, root / f"{host.name}.log")
         self.nginx: subprocess.Popen[bytes] | None = None

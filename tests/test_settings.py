@@ -62,6 +62,7 @@ def test_settings_are_frozen() -> None:
         ("MODEL_ID", "", "must not be empty"),
         ("MODEL_ID", "a model", "must not contain whitespace"),
         ("QUANTIZATION", "awq;rm", "quantization method"),
+        ("INGRESS_REPLICAS", "0", "expected an integer from 1 to 64"),
     ],
 )
 def test_each_bad_value_names_variable_value_and_rule(name: str, value: str, expected: str) -> None:
@@ -176,7 +177,15 @@ def test_cpu_config_requests_no_gpu() -> None:
     assert cfg["accelerator_config"] == {"kind": "cpu"}
     assert "accelerator_type" not in cfg and "gpu_memory_utilization" not in cfg["engine_kwargs"]
     assert args["ingress_deployment_config"] == {"ray_actor_options": {"num_cpus": 0},
-                                                 "graceful_shutdown_timeout_s": 50.0}
+                                                 "graceful_shutdown_timeout_s": 50.0, "num_replicas": 1}
+
+
+def test_ingress_replicas_reach_the_ingress_not_the_direct_streaming_app() -> None:
+    args = llm_config.serving_args(parse_settings(env(INGRESS_REPLICAS="2")))
+    assert args["ingress_deployment_config"]["num_replicas"] == 2
+    direct = llm_config.serving_args(parse_settings(env(INGRESS_REPLICAS="2",
+                                                        RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING="1")))
+    assert "ingress_deployment_config" not in direct
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("60s", 60), ("90", 90), ("2m", 120), ("1m30s", 90), ("1h", 3600)])
@@ -201,7 +210,8 @@ def test_ray_accepts_the_built_configs() -> None:
                                                  "GPUS_PER_NODE": "2"},
                       {"NUM_NODES": "2", "TENSOR_PARALLEL_SIZE": "2", "RAY_AUTH_TOKEN": "t",
                        "PLACEMENT_STRATEGY": "STRICT_SPREAD"},
-                      {"DEVICE": "cpu", "NUM_NODES": "2", "RAY_AUTH_TOKEN": "t"}):
+                      {"DEVICE": "cpu", "NUM_NODES": "2", "RAY_AUTH_TOKEN": "t"},
+                      {"DEVICE": "cpu", "INGRESS_REPLICAS": "3"}):
         s = parse_settings(env(**overrides))
         args = llm_config.serving_args(s)
         LLMServingArgs.model_validate(args)

@@ -27,38 +27,22 @@ ray_llm_render_usage() {
     exit 2
 }
 
-# ray_llm_load_secrets FILE: export the secrets Nginx uses from a dotenv file.
-# Values are literal; one pair of surrounding quotes is removed; an unquoted
-# value ends at " #" (an inline comment).
+# ray_llm_load_secrets FILE: export the secrets Nginx uses from a dotenv file
+# (dotenv.sh's rules). A variable already set in the environment wins.
+ray_llm_load_secret() {
+    case $1 in
+        OPENAI_API_KEY | NGINX_DASHBOARD_USER | NGINX_DASHBOARD_PASSWORD | RAY_AUTH_TOKEN) ;;
+        *) return 0 ;;
+    esac
+    # $1 is one of the four literal names above.
+    if [ -z "$(eval "printf '%s' \"\${$1+set}\"")" ]; then
+        eval "$1=\$2"
+        export "${1?}"
+    fi
+}
+
 ray_llm_load_secrets() {
-    while IFS= read -r line || [ -n "$line" ]; do
-        line=${line#"${line%%[![:space:]]*}"}
-        case $line in
-            export[[:space:]]*) line=${line#export}; line=${line#"${line%%[![:space:]]*}"} ;;
-        esac
-        key=${line%%=*}
-        [ "$key" != "$line" ] || continue
-        case $key in
-            OPENAI_API_KEY | NGINX_DASHBOARD_USER | NGINX_DASHBOARD_PASSWORD | RAY_AUTH_TOKEN) ;;
-            *) continue ;;
-        esac
-        value=${line#*=}
-        trimmed=${value%"${value##*[![:space:]]}"}
-        case $trimmed in
-            \"*\") value=${trimmed#\"}; value=${value%\"} ;;
-            \'*\') value=${trimmed#\'}; value=${value%\'} ;;
-            *)
-                value=${value%%[[:space:]]#*}
-                value=${value%"${value##*[![:space:]]}"}
-                ;;
-        esac
-        # $key is one of the four literal names above.
-        if [ -z "$(eval "printf '%s' \"\${$key+set}\"")" ]; then
-            eval "$key=\$value"
-            export "${key?}"
-        fi
-    done <"$1"
-    unset line key value trimmed
+    ray_llm_dotenv_each "$1" ray_llm_load_secret
 }
 
 ray_llm_render() {
@@ -77,6 +61,8 @@ ray_llm_render() {
 [ $# -eq 2 ] && [ -n "$1" ] && [ -n "$2" ] || ray_llm_render_usage
 umask 077
 here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=docker/nginx/dotenv.sh
+. "$here/dotenv.sh"
 if [ -n "${RAY_LLM_SECRETS_FILE:-}" ] && [ -e "$RAY_LLM_SECRETS_FILE" ]; then
     if [ ! -f "$RAY_LLM_SECRETS_FILE" ] || [ ! -r "$RAY_LLM_SECRETS_FILE" ]; then
         echo "render.sh: ERROR: cannot read the secrets file $RAY_LLM_SECRETS_FILE (RAY_LLM_SECRETS_FILE): not a readable file" >&2

@@ -20,7 +20,8 @@ APT_PACKAGES=(nginx-light gettext-base iproute2 wrk openssl curl procps busybox 
 
 # Debian packages: nginx (+ envsubst) for the proxy tests, busybox (the
 # Alpine nginx image's shell), iproute2 for the network-namespace hosts, wrk
-# for load, debootstrap for the stand-in base image. Installed only when
+# for load, debootstrap for the stand-in base image, Prometheus (promtool too)
+# and its Nginx exporter for the monitoring tests. Installed only when
 # missing.
 install_system_packages() {
   local missing=() pkg

@@ -3,7 +3,8 @@
 # Nginx, rendered from the same template as the Compose nginx service.
 #
 #   scripts/local-stack.sh up [serve|nginx]    start (both by default); returns
-#                                   once a real completion succeeds through Nginx
+#                                   once Nginx's /readyz (a real completion from
+#                                   every model) says ready
 #   scripts/local-stack.sh down [serve|nginx]  stop what `up` started (by PID)
 #   scripts/local-stack.sh status   what runs, and whether the model answers
 #   scripts/local-stack.sh logs [-f] tails of the logs
@@ -45,13 +46,15 @@ configure() {
   RAY_API_PORT="${RAY_API_PORT:?RAY_API_PORT must be set in .env}"
   RAY_DASHBOARD_PORT="${RAY_DASHBOARD_PORT:?RAY_DASHBOARD_PORT must be set in .env}"
   NGINX_HTTP_PORT="${NGINX_HTTP_PORT:?NGINX_HTTP_PORT must be set in .env}"
-  if [[ "$DEVICE" == "cpu" && -z "${MODEL_SOURCE:-}" ]]; then
+  # MODELS_FILE names each model's source itself.
+  if [[ "$DEVICE" == "cpu" && -z "${MODEL_SOURCE:-}" && -z "${MODELS_FILE:-}" ]]; then
     export MODEL_SOURCE="$TINY_MODEL_DIR"
     [[ -n "${SERVED_MODEL_NAME:-}" ]] || export SERVED_MODEL_NAME="$TINY_MODEL_NAME"
     export HF_HUB_OFFLINE=1
     USING_TINY_MODEL=1
   fi
-  CHECK_MODEL="${SERVED_MODEL_NAME:-${MODEL_ID:-}}"
+  SERVED_DESCRIPTION="model '${SERVED_MODEL_NAME:-${MODEL_ID:-}}'"
+  [[ -z "${MODELS_FILE:-}" ]] || SERVED_DESCRIPTION="the models of MODELS_FILE=$MODELS_FILE"
 }
 
 check_port_free() { # NAME PORT
@@ -101,17 +104,14 @@ grace_seconds() {
 
 session_empty() { ! pgrep -s "$1" >/dev/null 2>&1; }
 
-completion_ok() {
-  local auth=()
-  [[ -n "${OPENAI_API_KEY:-}" ]] && auth=(-H "Authorization: Bearer $OPENAI_API_KEY")
-  curl -fsS --max-time 30 "${auth[@]}" -H 'Content-Type: application/json' \
-    -d "{\"model\":\"$CHECK_MODEL\",\"messages\":[{\"role\":\"user\",\"content\":\"hello\"}],\"max_tokens\":4}" \
-    "http://127.0.0.1:$NGINX_HTTP_PORT/v1/chat/completions" >/dev/null
+# Nginx's /readyz: every served model answered a 1-token completion.
+models_ready() {
+  curl -fsS --max-time 30 "http://127.0.0.1:$NGINX_HTTP_PORT/readyz" >/dev/null
 }
 
 serve_alive() { pid_alive "$(read_pid "$(serve_pid_file)")"; }
 
-ready_or_dead() { ! serve_alive || completion_ok; }
+ready_or_dead() { ! serve_alive || models_ready; }
 
 show_log_tails() {
   local log
@@ -191,14 +191,14 @@ start_nginx() {
 }
 
 wait_ready() {
-  log_info "waiting up to ${UP_TIMEOUT}s for a completion through nginx"
-  if ! wait_until "$UP_TIMEOUT" "a completion through nginx on port $NGINX_HTTP_PORT" ready_or_dead || ! serve_alive; then
+  log_info "waiting up to ${UP_TIMEOUT}s for /readyz through nginx (a completion from every model)"
+  if ! wait_until "$UP_TIMEOUT" "/readyz through nginx on port $NGINX_HTTP_PORT" ready_or_dead || ! serve_alive; then
     serve_alive || log_error "deploy.py exited before the model was ready"
     show_log_tails
     cmd_down
     die "the local stack did not come up"
   fi
-  log_info "ready: http://127.0.0.1:$NGINX_HTTP_PORT/v1 (model '$CHECK_MODEL')"
+  log_info "ready: http://127.0.0.1:$NGINX_HTTP_PORT/v1 ($SERVED_DESCRIPTION)"
 }
 
 # up [serve|nginx]: both by default; one part to restart it alone.
@@ -243,7 +243,7 @@ cmd_status() {
   done
   if ((rc == 0)); then
     configure
-    if completion_ok; then echo "model: answering"; else echo "model: not answering yet"; rc=4; fi
+    if models_ready; then echo "model: answering"; else echo "model: not answering yet"; rc=4; fi
   fi
   return "$rc"
 }

@@ -76,14 +76,19 @@ def _pydantic_problems(err: Exception) -> list[str]:
     return problems
 
 
-def serving_args(args: Mapping[str, Any], user_engine_kwargs: Mapping[str, Any]) -> Any:
+def serving_args(args: Mapping[str, Any], user_engine_kwargs: Mapping[str, Mapping[str, Any]]) -> Any:
     """Ray's LLMServingArgs (with real LLMConfig objects) for llm_config.serving_args' data.
 
-    Raises EngineCheckError naming every problem: unknown ENGINE_KWARGS keys
-    first (checked only when there are any), then Ray's own validation.
+    user_engine_kwargs: each model's ENGINE_KWARGS, keyed by the prefix its
+    problems get ("" for the single-model variables, "MODELS_FILE entry N
+    (name): " otherwise). Raises EngineCheckError naming every problem:
+    unknown ENGINE_KWARGS keys first (checked only when there are any), then
+    Ray's own validation.
     """
-    if user_engine_kwargs:
-        problems = engine_kwargs_problems(user_engine_kwargs, vllm_engine_arg_names())
+    if any(user_engine_kwargs.values()):
+        valid = vllm_engine_arg_names()
+        problems = [prefix + problem for prefix, kwargs in user_engine_kwargs.items()
+                    for problem in engine_kwargs_problems(kwargs, valid)]
         if problems:
             raise EngineCheckError(problems)
     from pydantic import ValidationError

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Serve one model as an OpenAI-compatible API with Ray Serve LLM.
+"""Serve a model (or the several of MODELS_FILE) as an OpenAI-compatible API with Ray Serve LLM.
 
 Reads the environment (plus .env and .secrets next to the repo root when they
 exist, or the secrets file named by RAY_LLM_SECRETS_FILE, which is how
@@ -31,7 +31,7 @@ import llm_config
 import model_source
 from engine_watchdog import WATCHDOG_TIMEOUT_VAR, Recovery
 from openai_errors import PROXY_CALLBACK, PROXY_CALLBACK_VAR
-from settings import HF_TOKEN_NAMES, ConfigError, Settings, help_text, parse_settings
+from settings import HF_TOKEN_NAMES, ConfigError, Settings, help_text, parse_settings, read_models_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_FILES = (REPO_ROOT / ".env", REPO_ROOT / ".secrets")
@@ -201,13 +201,22 @@ def watch_app(serve: Any, recovery: Recovery) -> str:
             return reason
 
 
+def engine_kwargs_by_model(settings: Settings) -> dict[str, Mapping[str, Any]]:
+    """Each model's ENGINE_KWARGS, keyed by how its problems are prefixed."""
+    if not settings.models:
+        return {"": settings.engine_kwargs}
+    return {f"MODELS_FILE entry {i} ({m.served_model_name}): ": m.engine_kwargs
+            for i, m in enumerate(settings.models, 1)}
+
+
 def checked_serving_args(settings: Settings) -> Any:
     """Ray's LLMServingArgs for these settings, checked by Ray and vLLM; logs how long it took."""
     started = time.monotonic()
     # vLLM logs to stdout on import; stdout is --dry-run's JSON only.
     with contextlib.redirect_stdout(sys.stderr):
-        serving = config_check.serving_args(llm_config.serving_args(settings), settings.engine_kwargs)
-    checked = "Ray Serve LLM's LLMConfig" + (" and vLLM's engine arguments" if settings.engine_kwargs else "")
+        serving = config_check.serving_args(llm_config.serving_args(settings), engine_kwargs_by_model(settings))
+    has_kwargs = any(m.engine_kwargs for m in settings.served)
+    checked = "Ray Serve LLM's LLMConfig" + (" and vLLM's engine arguments" if has_kwargs else "")
     log(f"configuration checked with {checked} in {time.monotonic() - started:.1f}s")
     return serving
 
@@ -266,7 +275,7 @@ def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | 
         return EXIT_CONFIG
     load_env_files(env, files)
     try:
-        settings = parse_settings(env)
+        settings = parse_settings(env, read_models_file(env))
     except ConfigError as err:
         return config_error(err.problems)
     resolved: Mapping[str, Any] = llm_config.resolved(settings)

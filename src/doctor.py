@@ -32,7 +32,7 @@ from typing import Callable, Iterable, Mapping, MutableMapping, Sequence
 
 from deploy import env_files, insecure_secrets, load_env_files
 from model_source import offline
-from settings import ConfigError, Settings, parse_settings
+from settings import ConfigError, Settings, parse_settings, read_models_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_DIR = REPO_ROOT / "docker"  # relative paths in .env are relative to the compose file
@@ -163,15 +163,16 @@ def load_config(environ: MutableMapping[str, str], profile: str | None) -> tuple
         return checks, None, profile
     if profile == "cpu":
         environ["DEVICE"] = "cpu"
-        environ["MODEL_ID"] = environ.get("CPU_MODEL_ID") or environ.get("MODEL_ID", "")
+        # As the cpu service does: MODEL_ID is CPU_MODEL_ID (empty with MODELS_FILE).
+        environ["MODEL_ID"] = environ.get("CPU_MODEL_ID", "")
     try:
-        settings = parse_settings(environ)
+        settings = parse_settings(environ, read_models_file(environ))
     except ConfigError as err:
         for problem in err.problems:
             checks.append(Check("config", FAIL, problem, "fix that variable in .env (or .secrets)"))
         return checks, None, profile
     checks.append(Check("config", PASS, f".env and .secrets are valid for the {profile} profile "
-                        f"(model {settings.served_model_name!r})"))
+                        f"(model {', '.join(repr(m.served_model_name) for m in settings.served)})"))
     return checks, settings, profile
 
 
@@ -496,7 +497,8 @@ def run_checks(environ: MutableMapping[str, str], host: Host, profile: str | Non
     if gpu:
         checks += gpu_checks(host, settings)
     checks.append(shm_check(host, environ))
-    checks += model_checks(host, environ, settings, info)
+    for model in settings.served:
+        checks += model_checks(host, environ, model, info)
     checks += port_checks(host, environ, settings, profile)
     if profile in ("head", "worker"):
         checks += multinode_checks(host, environ, settings, profile)

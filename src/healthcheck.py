@@ -2,8 +2,12 @@
 """Container healthcheck: healthy only once the model actually answers.
 
 Ray Serve's /v1/models answers from configuration while the engine is still
-loading, so this asks for one token instead. Standard library only; exits 0
-when a completion comes back, 1 otherwise (with the reason on stderr).
+loading, so this asks for one token instead, from every served model: the
+probe carries READY_HEADER, which src/readiness.py (in Ray Serve's proxy)
+answers once each model gave a 1-token completion. With direct streaming
+(one model, no proxy middleware) the same request is that model's
+completion. Standard library only; exits 0 when the answer says ready or
+holds a completion, 1 otherwise (with the reason on stderr).
 `healthcheck.py --raylet` is the worker-node check: a raylet is running.
 """
 
@@ -16,6 +20,8 @@ import urllib.error
 import urllib.request
 
 TIMEOUT_S = 20.0
+# readiness.READY_HEADER (this file imports nothing of the project's).
+READY_HEADER = "X-Ray-LLM-Ready"
 
 
 def probe(port: str, timeout: float = TIMEOUT_S) -> str | None:
@@ -24,19 +30,27 @@ def probe(port: str, timeout: float = TIMEOUT_S) -> str | None:
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/v1/completions",
         data=body,
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", READY_HEADER: "all"},
         method="POST",
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             payload = json.load(response)
     except urllib.error.HTTPError as err:
-        return f"HTTP {err.code} from Ray Serve"
+        return f"HTTP {err.code} from Ray Serve: {error_message(err)}"
     except (OSError, ValueError) as err:
         return f"no answer from Ray Serve: {err}"
-    if not payload.get("choices"):
-        return "answer without choices"
+    if payload.get("status") != "ready" and not payload.get("choices"):
+        return "answer neither ready nor a completion"
     return None
+
+
+def error_message(err: urllib.error.HTTPError) -> str:
+    """The message of an OpenAI-shaped error answer (which models are not ready)."""
+    try:
+        return str(json.load(err)["error"]["message"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "no details"
 
 
 def raylet_running(proc: str = "/proc") -> str | None:

@@ -90,6 +90,10 @@ def llm_config(s: Settings) -> dict[str, Any]:
     if s.device == "cpu":
         # CPU-only bundles: no GPU is requested, vLLM uses its CPU backend.
         config["accelerator_config"] = {"kind": "cpu"}
+        # The replica actor only waits on its engine process; Ray Serve LLM
+        # adds its 1 CPU to the engine's bundle, so a model would take 2 CPUs
+        # and two models could never schedule on a 2-core box.
+        config["deployment_config"]["ray_actor_options"] = {"num_cpus": 0}
     elif s.accelerator_type:
         config["accelerator_type"] = s.accelerator_type
     placement = placement_group_config(s)
@@ -99,11 +103,13 @@ def llm_config(s: Settings) -> dict[str, Any]:
 
 
 def serving_args(s: Settings) -> dict[str, Any]:
-    """Arguments for ray.serve.llm.build_openai_app (an LLMServingArgs dict)."""
+    """Arguments for ray.serve.llm.build_openai_app (an LLMServingArgs dict):
+    one LLMConfig per served model (MODELS_FILE), behind one ingress."""
+    configs = [llm_config(model) for model in s.served]
     if s.direct_streaming:
         # The model replica is the HTTP ingress; build_openai_app refuses an
         # ingress configuration then.
-        return {"llm_configs": [llm_config(s)]}
+        return {"llm_configs": configs}
     # The ingress holds the client's stream, so it drains as long as the model.
     ingress: dict[str, Any] = {"graceful_shutdown_timeout_s": drain_timeout_s(s),
                                "num_replicas": s.ingress_replicas}
@@ -111,7 +117,7 @@ def serving_args(s: Settings) -> dict[str, Any]:
         # On a 2-core box the model server takes every CPU; an ingress asking
         # for 1 CPU would never schedule. It only routes requests.
         ingress["ray_actor_options"] = {"num_cpus": 0}
-    return {"llm_configs": [llm_config(s)], "ingress_deployment_config": ingress}
+    return {"llm_configs": configs, "ingress_deployment_config": ingress}
 
 
 def http_options(s: Settings) -> dict[str, Any]:

@@ -230,7 +230,11 @@ class OpenAIErrorMiddleware:
 
 
 def proxy_middlewares() -> list[Any]:
-    """RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH target: the proxy's extra middlewares."""
+    """RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH target: the proxy's extra
+    middlewares. Ray wraps in list order, so the readiness probe (which
+    answers in OpenAI's shape itself) is the outer one."""
     from starlette.middleware import Middleware
 
-    return [Middleware(OpenAIErrorMiddleware)]
+    from readiness import ReadinessMiddleware
+
+    return [Middleware(OpenAIErrorMiddleware), Middleware(ReadinessMiddleware)]

@@ -6,9 +6,11 @@ out, or a ``ConfigError`` listing every bad variable. Never imports Ray.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
 from engine_watchdog import DEFAULT_RECOVERY_TIMEOUT_S, DEFAULT_WATCHDOG_TIMEOUT_S
@@ -57,6 +59,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("DTYPE", "auto", "Model dtype: " + ", ".join(DTYPES) + "."),
     Variable("QUANTIZATION", "", "vLLM quantization method (awq, gptq, fp8...). Empty = none."),
     Variable("ENGINE_KWARGS", "{}", "JSON object of extra vLLM engine arguments, merged last."),
+    Variable("MODELS_FILE", "", "YAML file listing several models (keys: the per-model variables); "
+             "MODEL_ID, SERVED_MODEL_NAME and MODEL_SOURCE must be empty then. Relative to docker/."),
     Variable("VLLM_CPU_KVCACHE_SPACE", "1", "DEVICE=cpu only: KV-cache size in GiB."),
     Variable("RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING", "0", "Alpha upstream: the model replica serves HTTP itself behind Ray's HAProxy ingress (1) or not (0)."),
     Variable("STREAM_BATCHING_INTERVAL_MS", str(DEFAULT_STREAM_BATCHING_INTERVAL_MS), "Ray Serve LLM writes streamed tokens in batches this often (ms); 0 = each token at once."),
@@ -81,6 +85,15 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("RAY_AUTH_TOKEN", "", "Ray cluster token shared by every node and Nginx (.secrets). Required for multi-node.", secret=True),
 )
 DEFAULTS: dict[str, str] = {v.name: v.default for v in VARIABLES}
+# What one MODELS_FILE entry may set: the variables of one model. The rest
+# (device, cluster, ports, ingress, watchdog, secrets) is the stack's own.
+MODEL_IDENTITY = ("MODEL_ID", "SERVED_MODEL_NAME", "MODEL_SOURCE")
+MODEL_VARIABLES = (*MODEL_IDENTITY, "TENSOR_PARALLEL_SIZE", "PIPELINE_PARALLEL_SIZE", "ACCELERATOR_TYPE",
+                   "MIN_REPLICAS", "MAX_REPLICAS", "TARGET_ONGOING_REQUESTS", "MAX_MODEL_LEN",
+                   "GPU_MEMORY_UTILIZATION", "MAX_NUM_SEQS", "DTYPE", "QUANTIZATION", "ENGINE_KWARGS",
+                   "PLACEMENT_STRATEGY", "STREAM_BATCHING_INTERVAL_MS")
+# Relative paths in .env are relative to the compose file's folder (docker/).
+COMPOSE_DIR = Path(__file__).resolve().parent.parent / "docker"
 
 
 class ConfigError(Exception):
@@ -128,6 +141,15 @@ class Settings:
     hf_token: str | None = field(default=None, repr=False)
     openai_api_key: str | None = field(default=None, repr=False)
     ray_auth_token: str | None = field(default=None, repr=False)
+    # MODELS_FILE's entries, each a whole Settings (the stack's own fields are
+    # the same in all); empty for the single-model variables. The outer
+    # object's model fields are the first entry's.
+    models: tuple["Settings", ...] = ()
+
+    @property
+    def served(self) -> tuple["Settings", ...]:
+        """Every model this stack serves, each with its own model fields."""
+        return self.models or (self,)
 
     @property
     def bundles_per_replica(self) -> int:
@@ -278,13 +300,136 @@ def resolve_ray_address(ray_address: str | None, head_host: str | None, head_por
     return None
 
 
-def parse_settings(environ: Mapping[str, str]) -> Settings:
-    """Build Settings from an environment mapping or raise ConfigError."""
+def read_models_file(environ: Mapping[str, str], base: Path = COMPOSE_DIR) -> str | None:
+    """The text of MODELS_FILE (relative to docker/, like .env's other paths), None when unset."""
+    name = (environ.get("MODELS_FILE") or "").strip()
+    if not name:
+        return None
+    path = base / name
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError([f"MODELS_FILE={name!r} cannot be read ({path}: {getattr(err, 'strerror', None) or err}): "
+                           "expected a YAML file; relative paths start at docker/, like MODELS_DIR"]) from None
+
+
+def _entry_values(index: int, entry: Any, problems: list[str]) -> tuple[str, dict[str, str]] | None:
+    """One MODELS_FILE entry as (label, {VARIABLE: text}); None when unusable."""
+    if not isinstance(entry, dict):
+        problems.append(f"MODELS_FILE entry {index} is invalid: expected a mapping of variables "
+                        f"(MODEL_ID: ..., MAX_NUM_SEQS: ...), not a {type(entry).__name__}.")
+        return None
+    values: dict[str, str] = {}
+    name = str(entry.get("SERVED_MODEL_NAME") or entry.get("MODEL_ID") or "?")
+    label = f"MODELS_FILE entry {index} ({name})"
+    for key, value in entry.items():
+        if key not in MODEL_VARIABLES:
+            where = "is the stack's own: set it in .env" if key in DEFAULTS else "is not a per-model variable"
+            problems.append(f"{label}: {key} {where}; an entry may set {', '.join(MODEL_VARIABLES)}.")
+        elif key == "ENGINE_KWARGS" and isinstance(value, dict):
+            values[key] = json.dumps(value)
+        elif isinstance(value, (dict, list)):
+            problems.append(f"{label}: {key} is invalid: expected a single value, not a {type(value).__name__}.")
+        else:
+            values[key] = "" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+    return label, values
+
+
+def _parse_models(environ: Mapping[str, str], models_yaml: str) -> Settings:
+    """Settings with one entry per model of MODELS_FILE (see parse_settings)."""
+    import yaml
+
+    problems: list[str] = []
+    try:
+        document = yaml.safe_load(models_yaml)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError([f"MODELS_FILE is invalid: not YAML{where} ({getattr(err, 'problem', None) or err})."]) from None
+    entries = document.get("models") if isinstance(document, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(["MODELS_FILE is invalid: expected a non-empty list under `models:` "
+                           "(see .env for an example)."])
+    for name in MODEL_IDENTITY:
+        if (environ.get(name) or "").strip():
+            problems.append(f"{name}={environ[name].strip()!r} is set as well as MODELS_FILE: expected one of the two "
+                            f"(empty {name} in .env; with the cpu profile, CPU_MODEL_ID for MODEL_ID), and each "
+                            "model's name and source in MODELS_FILE.")
+    base = {k: v for k, v in environ.items() if k not in MODEL_IDENTITY}
+    # The stack's own variables (and .env's defaults for every model) once,
+    # without an entry's name in front; an entry reports only its own.
+    shared: list[str] = []
+    try:
+        _parse_one({**base, "MODEL_ID": "MODELS_FILE"})
+    except ConfigError as err:
+        shared = err.problems
+    problems.extend(shared)
+    parsed: list[Settings] = []
+    for index, entry in enumerate(entries, 1):
+        found = _entry_values(index, entry, problems)
+        if found is None:
+            continue
+        label, values = found
+        if not values.get("MODEL_ID", "").strip():
+            problems.append(f"{label}: MODEL_ID is missing: every entry names its model (a Hugging Face id).")
+            continue
+        try:
+            parsed.append(_parse_one({**base, **values}))
+        except ConfigError as err:
+            problems.extend(f"{label}: {p}" for p in err.problems if p not in shared)
+    if problems:
+        raise ConfigError(problems)
+    problems.extend(_across_models(parsed))
+    if problems:
+        raise ConfigError(problems)
+    return dataclasses.replace(parsed[0], models=tuple(parsed))
+
+
+def _across_models(models: list[Settings]) -> list[str]:
+    """What only the whole list can get wrong: names, direct streaming, the GPUs they all need."""
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    for index, m in enumerate(models, 1):
+        if m.served_model_name in seen:
+            problems.append(f"MODELS_FILE entries {seen[m.served_model_name]} and {index} are both served as "
+                            f"{m.served_model_name!r}: expected a different SERVED_MODEL_NAME for each.")
+        seen.setdefault(m.served_model_name, index)
+    first = models[0]
+    if first.direct_streaming and len(models) > 1:
+        problems.append(f"RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING=1 serves exactly one model (Ray Serve LLM), but "
+                        f"MODELS_FILE lists {len(models)}: set it to 0, or list one model.")
+    if first.device == "gpu" and len(models) > 1:
+        cluster = first.gpus_per_node * first.num_nodes
+        need = [m.max_replicas * m.bundles_per_replica for m in models]
+        if sum(need) > cluster:
+            parts = " + ".join(f"{m.served_model_name} {m.max_replicas}x{m.bundles_per_replica}"
+                               for m in models)
+            problems.append(f"MODELS_FILE needs MAX_REPLICAS x TENSOR_PARALLEL_SIZE x PIPELINE_PARALLEL_SIZE = "
+                            f"{parts} = {sum(need)} GPUs at most, but the cluster has GPUS_PER_NODE x NUM_NODES = "
+                            f"{first.gpus_per_node} x {first.num_nodes} = {cluster}: every replica takes whole "
+                            "GPUs, so the models cannot share them (lower MAX_REPLICAS, or add GPUs).")
+    return problems
+
+
+def parse_settings(environ: Mapping[str, str], models_yaml: str | None = None) -> Settings:
+    """Build Settings from an environment mapping or raise ConfigError.
+
+    With MODELS_FILE's text (read_models_file), each entry is parsed by the
+    same rules over .env's values with the entry's own on top, and its
+    problems are named "MODELS_FILE entry N (name): ...".
+    """
+    if models_yaml is not None:
+        return _parse_models(environ, models_yaml)
+    return _parse_one(environ)
+
+
+def _parse_one(environ: Mapping[str, str]) -> Settings:
     r = _Reader(environ)
 
     model_id = r.raw("MODEL_ID")
     if not model_id:
-        r.problem("MODEL_ID", model_id, "must not be empty; set a Hugging Face id such as Qwen/Qwen2.5-1.5B-Instruct")
+        r.problem("MODEL_ID", model_id, "must not be empty; set a Hugging Face id such as Qwen/Qwen2.5-1.5B-Instruct, "
+                  "or list models in MODELS_FILE")
     elif any(c.isspace() for c in model_id):
         r.problem("MODEL_ID", model_id, "must not contain whitespace")
     served = r.raw("SERVED_MODEL_NAME") or model_id

@@ -113,12 +113,35 @@ def test_every_setting_set_in_the_shell_reaches_the_serving_container(project: C
     cfg = project.config(**shell)
     name = {"single": "ray-serve", "cpu": "ray-serve-cpu", "head": "ray-head", "worker": "ray-worker"}[profile]
     env = cfg["services"][name]["environment"]
-    fixed = {"cpu": {"DEVICE", "MODEL_ID"}, "head": {"RAY_API_HOST"}}.get(profile, set())
+    # MODELS_FILE names a host file; the container gets the mounted copy.
+    fixed = {"cpu": {"DEVICE", "MODEL_ID"}, "head": {"RAY_API_HOST"}}.get(profile, set()) | {"MODELS_FILE"}
     for variable in serving_settings():
         if variable not in fixed:
             assert env.get(variable) == shell[variable], variable
+    assert env["MODELS_FILE"] == MODELS_TARGET
+    assert cfg["configs"]["models"]["file"] == str(project.root / "docker" / shell["MODELS_FILE"])
     if profile in ("head", "worker"):
         assert env["VLLM_HOST_IP"] == "10.9.9.9" and env["NCCL_SOCKET_IFNAME"] == "ib-shell"
+
+
+MODELS_TARGET = "/etc/ray-llm/models.yaml"
+
+
+@pytest.mark.parametrize("profile", ["single", "cpu", "head"])
+def test_models_file_is_mounted_where_deploy_reads_it(project: ComposeProject, profile: str) -> None:
+    """MODELS_FILE (relative to docker/) becomes a read-only config at one path,
+    which the container's MODELS_FILE names; unset, nothing is named."""
+    project.set_env(COMPOSE_PROFILES=profile)
+    name = {"single": "ray-serve", "cpu": "ray-serve-cpu", "head": "ray-head"}[profile]
+    cfg = project.config(MODELS_FILE="../models.yaml", MODEL_ID="", CPU_MODEL_ID="")
+    service = cfg["services"][name]
+    assert service["environment"]["MODELS_FILE"] == MODELS_TARGET
+    assert service["environment"]["MODEL_ID"] == ""
+    assert {"source": "models", "target": MODELS_TARGET} in service["configs"]
+    assert cfg["configs"]["models"]["file"] == str(project.root / "models.yaml")
+    plain = project.config()
+    assert plain["services"][name]["environment"]["MODELS_FILE"] == ""
+    assert plain["configs"]["models"]["file"] == "/dev/null"
 
 
 @pytest.mark.parametrize("profile,nginx", [("single", "nginx"), ("cpu", "nginx"), ("head", "nginx-head")])
@@ -214,7 +237,7 @@ def test_serving_containers_start_as_root_only_to_drop_it(project: ComposeProjec
         assert serve["healthcheck"]["test"][1] == "/app/scripts/container-entrypoint.sh"
 
 
-@pytest.mark.parametrize("variable", ["MODEL_ID", "RAY_API_PORT", "GPUS_PER_NODE", "NGINX_HTTP_PORT"])
+@pytest.mark.parametrize("variable", ["HF_ENDPOINT", "RAY_API_PORT", "GPUS_PER_NODE", "NGINX_HTTP_PORT"])
 def test_missing_required_variable_fails_with_clear_message(project: ComposeProject, variable: str) -> None:
     project.drop_env(variable)
     out = project.compose("config")

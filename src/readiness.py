@@ -1,0 +1,175 @@
+"""Readiness of every served model, answered inside Ray Serve's HTTP proxy.
+
+The readiness probe (Nginx's /readyz and the container healthcheck) is a
+1-token completion without ``model``: Ray Serve's /v1/models answers from
+configuration while an engine is still loading, and only a generation shows
+that a model really answers. With one model, Ray routes a completion without
+``model`` to it. With several (MODELS_FILE) it answers 400, so the probe
+carries a header, ``X-Ray-LLM-Ready: all``, and this middleware answers it
+instead of Ray's ingress:
+
+* it lists the served models (GET /v1/models, through the proxy itself),
+* sends each one a 1-token completion at once (through the proxy, as a
+  client's request would go); a model that refuses completions with a 4xx
+  (an embedding model) is asked for an embedding instead,
+* answers 200 ``{"status": "ready", "models": {name: "ready", ...}}`` only
+  when every model answered, else 503 in OpenAI's error shape naming the
+  models that did not (code ``model_not_ready``).
+
+Probes that arrive while a check runs share its answer. The inner requests are ASGI calls into the wrapped proxy app, not network
+connections, so nothing depends on the proxy's address. Direct streaming
+(Ray's HAProxy ingress, which runs no proxy middleware) serves exactly one
+model; the same probe then reaches that model as an ordinary completion.
+Nginx strips the header from client requests. Nothing here imports Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, Awaitable, Callable, MutableMapping
+
+READY_HEADER = b"x-ray-llm-ready"
+PROBE_PATH = "/v1/completions"
+# Bound of one model's 1-token completion: below the healthcheck's own 20 s,
+# so it still hears which model did not answer (Nginx gives up after 5 s).
+MODEL_TIMEOUT_S = 15.0
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def is_probe(scope: Scope) -> bool:
+    if scope.get("type") != "http" or scope.get("path") != PROBE_PATH or scope.get("method") != "POST":
+        return False
+    return any(k.lower() == READY_HEADER and v.strip().lower() == b"all" for k, v in scope.get("headers", []))
+
+
+async def call(app: App, scope: Scope, method: str, path: str, body: bytes = b"",
+               timeout: float = MODEL_TIMEOUT_S) -> tuple[int, bytes]:
+    """One request through the wrapped app: (status, body); (504, b"") when it took too long."""
+    # Ray gives each inner request an id of its own (x-request-id dropped).
+    headers = [(k, v) for k, v in scope.get("headers", [])
+               if k.lower() not in (READY_HEADER, b"content-length", b"content-type", b"transfer-encoding",
+                                    b"x-request-id")]
+    headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    inner = dict(scope, method=method, path=path, raw_path=path.encode(), query_string=b"", headers=headers)
+    finished = asyncio.Event()
+    delivered = False
+    status = 0
+    chunks: list[bytes] = []
+
+    async def receive() -> Message:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        # The client stays connected until the answer is complete.
+        await finished.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        nonlocal status
+        if message.get("type") == "http.response.start":
+            status = int(message.get("status", 500))
+        elif message.get("type") == "http.response.body":
+            chunks.append(bytes(message.get("body", b"")))
+
+    try:
+        await asyncio.wait_for(app(inner, receive, send), timeout)
+    except asyncio.TimeoutError:
+        return 504, b""
+    finally:
+        finished.set()
+    if status == 0:
+        # Cancelled at the bound, Ray's proxy returns without an answer
+        # (wait_for then hands back that return instead of raising).
+        return 504, b""
+    return status, b"".join(chunks)
+
+
+def reason(status: int, body: bytes) -> str:
+    """Why one answer is not a completion, in a few words (never Ray's internals)."""
+    from openai_errors import error_object
+
+    if status == 504 and not body:
+        return f"no answer within {MODEL_TIMEOUT_S:.0f}s"
+    if status >= 400:
+        _, obj = error_object(status, "application/json", body)
+        return f"HTTP {status}: {obj['error']['message']}"
+    return f"HTTP {status} without a completion"
+
+
+def answered(status: int, body: bytes, key: str = "choices") -> bool:
+    if status != 200:
+        return False
+    try:
+        return bool(json.loads(body).get(key))
+    except (ValueError, AttributeError):
+        return False
+
+
+class ReadinessMiddleware:
+    """ASGI middleware: the ready probe fans out to every served model."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        # One check at a time: probes that arrive while one runs share its
+        # answer, so frequent probes never pile requests onto a loading model.
+        self._running: asyncio.Task[tuple[int, dict[str, Any]]] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not is_probe(scope):
+            await self.app(scope, receive, send)
+            return
+        message: Message = {"more_body": True}
+        while message.get("more_body"):  # the probe's own body is not needed
+            message = await receive()
+            if message.get("type") != "http.request":
+                return
+        if self._running is None or self._running.done():
+            self._running = asyncio.ensure_future(self.readiness(scope))
+        status, obj = await asyncio.shield(self._running)
+        body = json.dumps(obj, separators=(",", ":")).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def readiness(self, scope: Scope) -> tuple[int, dict[str, Any]]:
+        status, body = await call(self.app, scope, "GET", "/v1/models")
+        names: list[str] = []
+        if status == 200:
+            try:
+                names = [str(m["id"]) for m in json.loads(body)["data"]]
+            except (ValueError, KeyError, TypeError):
+                names = []
+        if not names:
+            return not_ready(f"the model list is not available ({reason(status, body)})")
+        answers = await asyncio.gather(*(self.model_answer(scope, name) for name in names))
+        missing = {name: why for name, why in zip(names, answers) if why}
+        if missing:
+            return not_ready("; ".join(f"model {name!r}: {why}" for name, why in missing.items()))
+        return 200, {"status": "ready", "models": {name: "ready" for name in names}}
+
+
+    async def model_answer(self, scope: Scope, name: str) -> str | None:
+        """None when the model answered, else why not. A model that refuses a
+        completion (4xx: an embedding model) is asked for an embedding."""
+        status, body = await call(self.app, scope, "POST", PROBE_PATH,
+                                  json.dumps({"model": name, "prompt": "ping", "max_tokens": 1}).encode())
+        if answered(status, body):
+            return None
+        if 400 <= status < 500 and status != 429:
+            e_status, e_body = await call(self.app, scope, "POST", "/v1/embeddings",
+                                          json.dumps({"model": name, "input": "ping"}).encode())
+            if answered(e_status, e_body, "data"):
+                return None
+        return reason(status, body)
+
+
+def not_ready(why: str) -> tuple[int, dict[str, Any]]:
+    return 503, {"error": {"message": f"Not ready: {why.rstrip('.')}.", "type": "server_error", "param": None,
+                           "code": "model_not_ready"}}

@@ -54,7 +54,8 @@ def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | 
     load_env_files(env, (dotenv_file, secrets_file))
     model = args.model or (env.get("MODEL_ID") or "").strip()
     if not model:
-        print("download-model: no model: pass --model or set MODEL_ID in .env", file=sys.stderr)
+        several = " (with MODELS_FILE, once per entry's MODEL_ID)" if (env.get("MODELS_FILE") or "").strip() else ""
+        print(f"download-model: no model: pass --model{several} or set MODEL_ID in .env", file=sys.stderr)
         return EXIT_USAGE
     if offline(env):
         print("download-model: HF_HUB_OFFLINE is set, so nothing can be downloaded: run it with "

@@ -270,6 +270,32 @@ def test_models_dir_is_mounted_read_only_and_serves_the_model(up: ComposeStack) 
     assert [m.id for m in client(up).models.list().data] == [MODEL]
 
 
+def test_models_file_is_read_inside_the_container(up: ComposeStack) -> None:
+    """MODELS_FILE from .env reaches deploy.py in the image (the Compose config
+    mount), and is validated there by Ray's and vLLM's own models (--dry-run)."""
+    models = up.work_dir / "models.yaml"
+    source = f"/models/{TINY_MODEL_DIR.name}"
+    models.write_text(f"models:\n  - {{MODEL_ID: tiny-llama, SERVED_MODEL_NAME: one, MODEL_SOURCE: {source}}}\n"
+                      f"  - {{MODEL_ID: tiny-llama, SERVED_MODEL_NAME: two, MODEL_SOURCE: {source},"
+                      " ENGINE_KWARGS: {enable_prefix_caching: false}}\n")
+    env = {**up.env(), "MODELS_FILE": str(models), "CPU_MODEL_ID": "", "SERVED_MODEL_NAME": "", "MODEL_SOURCE": ""}
+
+    def dry_run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["docker", "compose", "run", "--rm", "--no-deps", "-T", SERVE, "python",
+                               "/app/src/deploy.py", "--dry-run"], cwd=REPO_ROOT, env=env, text=True,
+                              capture_output=True, timeout=300, check=False)
+
+    out = dry_run()
+    assert out.returncode == 0, out.stdout + out.stderr
+    configs = json.loads(out.stdout)["serving_args"]["llm_configs"]
+    assert [(c["model_loading_config"]["model_id"], c["model_loading_config"]["model_source"]) for c in configs] == [
+        ("one", source), ("two", source)]
+    models.write_text(models.read_text().replace("SERVED_MODEL_NAME: two", "SERVED_MODEL_NAME: one"))
+    refused = dry_run()
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "MODELS_FILE entries 1 and 2 are both served as 'one'" in refused.stderr
+
+
 def test_download_model_fills_the_cache_volume(up: ComposeStack) -> None:
     """scripts/download-model.sh without --dest: in the image (docker compose run),
     into the model-cache volume, from a stand-in Hub (tests/fake_hub.py) that

@@ -109,6 +109,10 @@ def test_air_gapped_start_makes_no_network_call(hub: FakeHub, tmp_path: Path) ->
     logged = audit.read_text().splitlines() if audit.exists() else []
     attempts = [line for line in logged if not known_upstream_probe(line)]
     assert attempts == [], "network calls during an offline start:\n" + "\n".join(attempts)
+    # The audit really ran in the stack's processes: deploy.py, Ray's workers, vLLM's engine.
+    loaded = Path(f"{audit}.loaded").read_text()
+    for process in ("deploy.py", "default_worker.py", "multiprocessing"):
+        assert process in loaded, f"the network audit did not run in {process}:\n{loaded[-2000:]}"
 
 
 # What upstream does at every start that cannot be switched off (plan.md, risks):
@@ -124,10 +128,6 @@ UPSTREAM_PROBES = (
 def known_upstream_probe(line: str) -> bool:
     return any(where in line and any(line.split(": ", 1)[1].split(" ", 1)[1].startswith(t) for t in targets)
                for where, targets in UPSTREAM_PROBES)
-    # The audit really ran in the stack's processes: deploy.py, Ray's workers, vLLM's engine.
-    loaded = Path(f"{audit}.loaded").read_text()
-    for process in ("deploy.py", "default_worker.py", "multiprocessing"):
-        assert process in loaded, f"the network audit did not run in {process}:\n{loaded[-2000:]}"
 
 
 def test_network_audit_catches_an_attempt(tmp_path: Path) -> None:

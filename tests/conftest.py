@@ -111,20 +111,8 @@ def require_tool(name: str) -> str:
 def stack(request: pytest.FixtureRequest) -> Iterator["LocalStack"]:
     """One real local stack (scripts/local-stack.sh) shared by the e2e and
     hardening tests; always torn down, with log tails when a test failed."""
-    from stack_support import API_KEY, LocalStack, shared_stack_env
+    from stack_support import API_KEY, LocalStack, running, shared_stack_env
 
     stack_dir = REPO_ROOT / ".runtime" / f"test-stack-{os.getpid()}"
-    s = LocalStack(stack_dir, api_key=API_KEY, extra_env=shared_stack_env())
-    failed_before = request.session.testsfailed
-    try:
-        s.up()
+    with running(LocalStack(stack_dir, api_key=API_KEY, extra_env=shared_stack_env()), request) as s:
         yield s
-    finally:
-        if request.session.testsfailed > failed_before:
-            print("\n" + s.log_tails())
-        pids = s.session_pids()
-        out = s.down()
-        assert out.returncode == 0, out.stderr
-        for name, pid in pids.items():
-            assert pid is None or not session_processes(pid), f"{name} left processes behind"
-        shutil.rmtree(stack_dir, ignore_errors=True)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
-from conftest import REPO_ROOT, free_port
+import pytest
+
+from conftest import REPO_ROOT, free_port, session_processes
 
 SCRIPT = REPO_ROOT / "scripts" / "local-stack.sh"
 MODEL = "tiny-llama"
@@ -90,3 +95,22 @@ class LocalStack:
             pids[name] = path.read_text().strip() if path.exists() else None
         return pids
 
+
+
+@contextlib.contextmanager
+def running(stack: LocalStack, request: pytest.FixtureRequest) -> Iterator[LocalStack]:
+    """Up for the with-block; always down after it (log tails when a test
+    failed meanwhile), leaving no process and no folder behind."""
+    failed_before = request.session.testsfailed
+    try:
+        stack.up()
+        yield stack
+    finally:
+        if request.session.testsfailed > failed_before:
+            print("\n" + stack.log_tails())
+        pids = stack.session_pids()
+        out = stack.down()
+        assert out.returncode == 0, out.stderr
+        for name, pid in pids.items():
+            assert pid is None or not session_processes(pid), f"{name} left processes behind"
+        shutil.rmtree(stack.stack_dir, ignore_errors=True)

@@ -10,7 +10,6 @@ SIGCONT well inside WATCHDOG_TIMEOUT) and the readiness answer names it.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +24,7 @@ import pytest
 from conftest import REPO_ROOT, clean_env, session_processes
 from docker_support import TINY_MODEL_DIR, make_tiny_model
 from readiness import MODEL_TIMEOUT_S
-from stack_support import LocalStack
+from stack_support import LocalStack, running
 
 pytestmark = pytest.mark.e2e
 
@@ -51,19 +50,8 @@ def two_models(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
         "HF_HUB_OFFLINE": "1", "SERVE_STOP_GRACE_PERIOD": "20s",
         # Longer than the freeze below (readiness, not the watchdog, is tested).
         "WATCHDOG_TIMEOUT": "90"})
-    failed_before = request.session.testsfailed
-    try:
-        stack.up()
+    with running(stack, request):
         yield stack
-    finally:
-        if request.session.testsfailed > failed_before:
-            print("\n" + stack.log_tails())
-        pids = stack.session_pids()
-        out = stack.down()
-        assert out.returncode == 0, out.stderr
-        for name, pid in pids.items():
-            assert pid is None or not session_processes(pid), f"{name} left processes behind"
-        shutil.rmtree(stack_dir, ignore_errors=True)
 
 
 def client(stack: LocalStack) -> openai.OpenAI:

@@ -203,10 +203,7 @@ def watch_app(serve: Any, recovery: Recovery) -> str:
 
 def engine_kwargs_by_model(settings: Settings) -> dict[str, Mapping[str, Any]]:
     """Each model's ENGINE_KWARGS, keyed by how its problems are prefixed."""
-    if not settings.models:
-        return {"": settings.engine_kwargs}
-    return {f"MODELS_FILE entry {i} ({m.served_model_name}): ": m.engine_kwargs
-            for i, m in enumerate(settings.models, 1)}
+    return {prefix: model.engine_kwargs for prefix, model in settings.labelled}
 
 
 def checked_serving_args(settings: Settings) -> Any:

@@ -32,10 +32,8 @@ from typing import Callable, Iterable, Mapping, MutableMapping, Sequence
 
 from deploy import env_files, insecure_secrets, load_env_files
 from model_source import offline
-from settings import ConfigError, Settings, parse_settings, read_models_file
+from settings import COMPOSE_DIR, ConfigError, Settings, parse_settings, read_models_file
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-COMPOSE_DIR = REPO_ROOT / "docker"  # relative paths in .env are relative to the compose file
 PROFILES = ("single", "cpu", "head", "worker")
 # The README's "What a GPU box needs" table.
 MIN_DOCKER = (25, 0)

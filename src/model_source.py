@@ -51,11 +51,8 @@ def _fetch_config(model_id: str, token: str | None) -> str | None:
 def problems(settings: Settings, environ: Mapping[str, str], *, cached: Callable[[str], bool] = _cached,
              fetch_config: Callable[[str, str | None], str | None] = _fetch_config) -> list[str]:
     """Every served model whose weights cannot be found, one line each."""
-    found: list[str] = []
-    for index, model in enumerate(settings.models, 1):
-        found.extend(f"MODELS_FILE entry {index} ({model.served_model_name}): {problem}"
-                     for problem in _problems(model, environ, cached, fetch_config))
-    return found if settings.models else _problems(settings, environ, cached, fetch_config)
+    return [prefix + problem for prefix, model in settings.labelled
+            for problem in _problems(model, environ, cached, fetch_config)]
 
 
 def _problems(settings: Settings, environ: Mapping[str, str], cached: Callable[[str], bool],

@@ -16,8 +16,9 @@ instead of Ray's ingress:
   when every model answered, else 503 in OpenAI's error shape naming the
   models that did not (code ``model_not_ready``).
 
-Probes that arrive while a check runs share its answer. The inner requests are ASGI calls into the wrapped proxy app, not network
-connections, so nothing depends on the proxy's address. Direct streaming
+Probes that arrive while a check runs share its answer. The inner requests
+are ASGI calls into the wrapped proxy app, not network connections, so
+nothing depends on the proxy's address. Direct streaming
 (Ray's HAProxy ingress, which runs no proxy middleware) serves exactly one
 model; the same probe then reaches that model as an ordinary completion.
 Nginx strips the header from client requests. Nothing here imports Ray.
@@ -28,6 +29,8 @@ from __future__ import annotations
 import asyncio
 import json
 from typing import Any, Awaitable, Callable, MutableMapping
+
+from openai_errors import error_object
 
 READY_HEADER = b"x-ray-llm-ready"
 PROBE_PATH = "/v1/completions"
@@ -93,8 +96,6 @@ async def call(app: App, scope: Scope, method: str, path: str, body: bytes = b""
 
 def reason(status: int, body: bytes) -> str:
     """Why one answer is not a completion, in a few words (never Ray's internals)."""
-    from openai_errors import error_object
-
     if status == 504 and not body:
         return f"no answer within {MODEL_TIMEOUT_S:.0f}s"
     if status >= 400:
@@ -153,7 +154,6 @@ class ReadinessMiddleware:
         if missing:
             return not_ready("; ".join(f"model {name!r}: {why}" for name, why in missing.items()))
         return 200, {"status": "ready", "models": {name: "ready" for name in names}}
-
 
     async def model_answer(self, scope: Scope, name: str) -> str | None:
         """None when the model answered, else why not. A model that refuses a

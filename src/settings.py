@@ -152,6 +152,14 @@ class Settings:
         return self.models or (self,)
 
     @property
+    def labelled(self) -> tuple[tuple[str, "Settings"], ...]:
+        """(prefix of its problems, model) for every served model: "" for the
+        single-model variables, "MODELS_FILE entry N (name): " otherwise."""
+        if not self.models:
+            return (("", self),)
+        return tuple((entry_prefix(i, m.served_model_name), m) for i, m in enumerate(self.models, 1))
+
+    @property
     def bundles_per_replica(self) -> int:
         return self.tensor_parallel_size * self.pipeline_parallel_size
 
@@ -300,6 +308,11 @@ def resolve_ray_address(ray_address: str | None, head_host: str | None, head_por
     return None
 
 
+def entry_prefix(index: int, name: str) -> str:
+    """How every problem of one MODELS_FILE entry starts."""
+    return f"MODELS_FILE entry {index} ({name}): "
+
+
 def read_models_file(environ: Mapping[str, str], base: Path = COMPOSE_DIR) -> str | None:
     """The text of MODELS_FILE (relative to docker/, like .env's other paths), None when unset."""
     name = (environ.get("MODELS_FILE") or "").strip()
@@ -314,22 +327,22 @@ def read_models_file(environ: Mapping[str, str], base: Path = COMPOSE_DIR) -> st
 
 
 def _entry_values(index: int, entry: Any, problems: list[str]) -> tuple[str, dict[str, str]] | None:
-    """One MODELS_FILE entry as (label, {VARIABLE: text}); None when unusable."""
+    """One MODELS_FILE entry as (problem prefix, {VARIABLE: text}); None when unusable."""
     if not isinstance(entry, dict):
         problems.append(f"MODELS_FILE entry {index} is invalid: expected a mapping of variables "
                         f"(MODEL_ID: ..., MAX_NUM_SEQS: ...), not a {type(entry).__name__}.")
         return None
     values: dict[str, str] = {}
     name = str(entry.get("SERVED_MODEL_NAME") or entry.get("MODEL_ID") or "?")
-    label = f"MODELS_FILE entry {index} ({name})"
+    label = entry_prefix(index, name)
     for key, value in entry.items():
         if key not in MODEL_VARIABLES:
             where = "is the stack's own: set it in .env" if key in DEFAULTS else "is not a per-model variable"
-            problems.append(f"{label}: {key} {where}; an entry may set {', '.join(MODEL_VARIABLES)}.")
+            problems.append(f"{label}{key} {where}; an entry may set {', '.join(MODEL_VARIABLES)}.")
         elif key == "ENGINE_KWARGS" and isinstance(value, dict):
             values[key] = json.dumps(value)
         elif isinstance(value, (dict, list)):
-            problems.append(f"{label}: {key} is invalid: expected a single value, not a {type(value).__name__}.")
+            problems.append(f"{label}{key} is invalid: expected a single value, not a {type(value).__name__}.")
         else:
             values[key] = "" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
     return label, values
@@ -371,12 +384,12 @@ def _parse_models(environ: Mapping[str, str], models_yaml: str) -> Settings:
             continue
         label, values = found
         if not values.get("MODEL_ID", "").strip():
-            problems.append(f"{label}: MODEL_ID is missing: every entry names its model (a Hugging Face id).")
+            problems.append(f"{label}MODEL_ID is missing: every entry names its model (a Hugging Face id).")
             continue
         try:
             parsed.append(_parse_one({**base, **values}))
         except ConfigError as err:
-            problems.extend(f"{label}: {p}" for p in err.problems if p not in shared)
+            problems.extend(f"{label}{p}" for p in err.problems if p not in shared)
     if problems:
         raise ConfigError(problems)
     problems.extend(_across_models(parsed))

@@ -263,6 +263,18 @@ def accelerator_matches(accelerator: str, gpu_name: str) -> bool:
     return token in re.sub(r"[^A-Z0-9]+", " ", gpu_name.upper()).split()
 
 
+def replica_too_wide(prefix: str, model: Settings, count: int) -> Check | None:
+    """A FAIL when one replica of this model needs more GPUs than it may use on this node."""
+    bundles = model.bundles_per_replica
+    if model.num_nodes == 1 and bundles > count:
+        return Check("gpu-count", FAIL, f"{prefix}TENSOR_PARALLEL_SIZE x PIPELINE_PARALLEL_SIZE = {bundles} GPUs per "
+                     f"replica, but this node has {count}", "lower the parallelism or add nodes (head/worker)")
+    if model.placement_strategy == "STRICT_PACK" and bundles > count:
+        return Check("gpu-count", FAIL, f"{prefix}PLACEMENT_STRATEGY=STRICT_PACK needs {bundles} GPUs on one node, "
+                     f"this node has {count}", "use PACK, or lower the parallelism")
+    return None
+
+
 def gpu_checks(host: Host, settings: Settings) -> list[Check]:
     gpus, out = list_gpus(host)
     if gpus is None or not gpus:
@@ -277,34 +289,35 @@ def gpu_checks(host: Host, settings: Settings) -> list[Check]:
     else:
         checks.append(Check("driver", PASS, f"NVIDIA driver {gpus[0].driver}"))
     names = sorted({g.name for g in gpus})
-    bundles = settings.tensor_parallel_size * settings.pipeline_parallel_size
     count = len(gpus)
     if count < settings.gpus_per_node:
         checks.append(Check("gpu-count", FAIL, f"GPUS_PER_NODE={settings.gpus_per_node} but this node has {count} "
                             f"GPU(s): {', '.join(names)}", f"set GPUS_PER_NODE={count} (and the parallelism to fit)"))
-    elif settings.num_nodes == 1 and bundles > count:
-        checks.append(Check("gpu-count", FAIL, f"TENSOR_PARALLEL_SIZE x PIPELINE_PARALLEL_SIZE = {bundles} GPUs per "
-                            f"replica, but this node has {count}", "lower the parallelism or add nodes (head/worker)"))
-    elif settings.placement_strategy == "STRICT_PACK" and bundles > count:
-        checks.append(Check("gpu-count", FAIL, f"PLACEMENT_STRATEGY=STRICT_PACK needs {bundles} GPUs on one node, "
-                            f"this node has {count}", "use PACK, or lower the parallelism"))
     else:
-        checks.append(Check("gpu-count", PASS, f"{count} GPU(s) ({', '.join(names)}) for GPUS_PER_NODE="
-                            f"{settings.gpus_per_node}, {bundles} per replica"))
-    if settings.accelerator_type:
-        known = host.accelerator_types()
-        if known is not None and settings.accelerator_type not in known:
-            checks.append(Check("accelerator", FAIL, f"ACCELERATOR_TYPE={settings.accelerator_type} is not one of "
-                                "Ray's accelerator types", "leave it empty, or use a name from "
-                                "ray.util.accelerators (H100, A100-80G, L40S...)"))
-        elif not any(accelerator_matches(settings.accelerator_type, g.name) for g in gpus):
-            checks.append(Check("accelerator", FAIL, f"ACCELERATOR_TYPE={settings.accelerator_type} matches none of "
-                                f"this node's GPUs ({', '.join(names)}): the deployment would stay pending forever",
-                                "leave ACCELERATOR_TYPE empty or set the type of these GPUs"))
-        else:
-            checks.append(Check("accelerator", PASS, f"ACCELERATOR_TYPE={settings.accelerator_type} matches "
-                                f"{', '.join(names)}"))
+        too_wide = [replica_too_wide(prefix, model, count) for prefix, model in settings.labelled]
+        checks += [check for check in too_wide if check]
+        if not any(too_wide):
+            widest = max(model.bundles_per_replica for model in settings.served)
+            checks.append(Check("gpu-count", PASS, f"{count} GPU(s) ({', '.join(names)}) for GPUS_PER_NODE="
+                                f"{settings.gpus_per_node}, {widest} per replica"
+                                + (" (the widest model)" if settings.models else "")))
+    for prefix, model in settings.labelled:
+        if model.accelerator_type:
+            checks.append(accelerator_check(host, prefix, model.accelerator_type, gpus))
     return checks
+
+
+def accelerator_check(host: Host, prefix: str, accelerator: str, gpus: Sequence[Gpu]) -> Check:
+    names = ", ".join(sorted({g.name for g in gpus}))
+    known = host.accelerator_types()
+    if known is not None and accelerator not in known:
+        return Check("accelerator", FAIL, f"{prefix}ACCELERATOR_TYPE={accelerator} is not one of Ray's accelerator "
+                     "types", "leave it empty, or use a name from ray.util.accelerators (H100, A100-80G, L40S...)")
+    if not any(accelerator_matches(accelerator, g.name) for g in gpus):
+        return Check("accelerator", FAIL, f"{prefix}ACCELERATOR_TYPE={accelerator} matches none of this node's GPUs "
+                     f"({names}): the deployment would stay pending forever",
+                     "leave ACCELERATOR_TYPE empty or set the type of these GPUs")
+    return Check("accelerator", PASS, f"{prefix}ACCELERATOR_TYPE={accelerator} matches {names}")
 
 
 # --- Memory, disk, ports -----------------------------------------------------------
@@ -339,41 +352,48 @@ def host_path(environ: Mapping[str, str], name: str) -> Path:
     return (COMPOSE_DIR / environ.get(name, "")).resolve()
 
 
-def model_checks(host: Host, environ: Mapping[str, str], settings: Settings, info: dict) -> list[Check]:
-    checks = []
-    source = settings.model_source
+def weights_check(environ: Mapping[str, str], prefix: str, model: Settings) -> Check | None:
+    """Where one served model's weights come from, when this host can tell."""
+    source = model.model_source
     if source and source.startswith("/models/"):
         local = host_path(environ, "MODELS_DIR") / source[len("/models/"):]
         if not (local / "config.json").is_file():
-            checks.append(Check("model", FAIL, f"MODEL_SOURCE={source} is {local} on this host (MODELS_DIR), which "
-                                "holds no config.json", f"scripts/download-model.sh --dest models/{local.name}, "
-                                "or fix MODEL_SOURCE"))
-        else:
-            checks.append(Check("model", PASS, f"MODEL_SOURCE={source}: weights in {local}"))
-        return checks
+            return Check("model", FAIL, f"{prefix}MODEL_SOURCE={source} is {local} on this host (MODELS_DIR), which "
+                         "holds no config.json", f"scripts/download-model.sh --dest models/{local.name}, "
+                         "or fix MODEL_SOURCE")
+        return Check("model", PASS, f"{prefix}MODEL_SOURCE={source}: weights in {local}")
     if source:
-        checks.append(Check("model", WARN, f"MODEL_SOURCE={source} is outside /models, so this host cannot see "
-                            "it; it must exist inside the container", "put the weights under MODELS_DIR and use "
-                            "MODEL_SOURCE=/models/<folder>"))
-        return checks
+        return Check("model", WARN, f"{prefix}MODEL_SOURCE={source} is outside /models, so this host cannot see "
+                     "it; it must exist inside the container", "put the weights under MODELS_DIR and use "
+                     "MODEL_SOURCE=/models/<folder>")
     if offline(environ):
-        checks.append(Check("model", WARN, f"HF_HUB_OFFLINE=1 with no MODEL_SOURCE: {settings.model_id} must already "
-                            "be in the model-cache volume", "scripts/download-model.sh --volume fills it ahead of time"))
+        return Check("model", WARN, f"{prefix}HF_HUB_OFFLINE=1 with no MODEL_SOURCE: {model.model_id} must already "
+                     "be in the model-cache volume", "scripts/download-model.sh --volume fills it ahead of time")
+    return None
+
+
+def disk_check(host: Host, info: dict, model_ids: Sequence[str]) -> list[Check]:
+    """Free space where Docker keeps the model-cache volume, once for every model it downloads."""
     root_dir = str(info.get("DockerRootDir") or "")
     if not root_dir.startswith("/"):
-        return checks
+        return []
     root = Path(root_dir)
     free = host.disk_free(host.path(str(root)))
     if free is None:
-        checks.append(Check("disk", WARN, f"cannot see Docker's data root {root} from here (remote or rootless "
-                            "Docker?): free disk not checked", "check free space where Docker keeps volumes"))
-    elif free < UNKNOWN_MODEL_FREE_BYTES:
-        checks.append(Check("disk", WARN, f"{gib(free)} free under {root} (Docker's volumes) and the size of "
-                            f"{settings.model_id} is not known here", "free disk space, or pre-download with "
-                            "scripts/download-model.sh to learn the size"))
-    else:
-        checks.append(Check("disk", PASS, f"{gib(free)} free under {root} for the model cache"))
-    return checks
+        return [Check("disk", WARN, f"cannot see Docker's data root {root} from here (remote or rootless "
+                      "Docker?): free disk not checked", "check free space where Docker keeps volumes")]
+    if free < UNKNOWN_MODEL_FREE_BYTES:
+        return [Check("disk", WARN, f"{gib(free)} free under {root} (Docker's volumes) and the size of "
+                      f"{', '.join(model_ids)} is not known here", "free disk space, or pre-download with "
+                      "scripts/download-model.sh to learn the size")]
+    return [Check("disk", PASS, f"{gib(free)} free under {root} for the model cache")]
+
+
+def model_checks(host: Host, environ: Mapping[str, str], settings: Settings, info: dict) -> list[Check]:
+    """Each served model's weights; free disk once, for those the model cache downloads."""
+    checks = [c for prefix, model in settings.labelled if (c := weights_check(environ, prefix, model))]
+    downloaded = [model.model_id for model in settings.served if not model.model_source]
+    return checks + (disk_check(host, info, downloaded) if downloaded else [])
 
 
 def ports_to_check(environ: Mapping[str, str], settings: Settings, profile: str) -> list[tuple[str, str, int]]:
@@ -495,8 +515,7 @@ def run_checks(environ: MutableMapping[str, str], host: Host, profile: str | Non
     if gpu:
         checks += gpu_checks(host, settings)
     checks.append(shm_check(host, environ))
-    for model in settings.served:
-        checks += model_checks(host, environ, model, info)
+    checks += model_checks(host, environ, settings, info)
     checks += port_checks(host, environ, settings, profile)
     if profile in ("head", "worker"):
         checks += multinode_checks(host, environ, settings, profile)

@@ -338,3 +338,39 @@ def test_for_real_on_this_machine_without_a_gpu(tmp_path: Path) -> None:
     assert "FAIL  gpu" in out and "no NVIDIA GPU on this machine" in out
     assert "fix: install the NVIDIA driver (580+); without a GPU use COMPOSE_PROFILES=cpu" in out
     assert "failed" in out.splitlines()[-1]
+
+
+def test_models_file_is_checked_per_entry(doc: Doctor, tmp_path: Path) -> None:
+    """Each MODELS_FILE entry's weights and accelerator are checked under its own
+    name; the GPU count against the widest replica; free disk once."""
+    models = tmp_path / "models"
+    (models / "qwen").mkdir(parents=True)
+    models_file = tmp_path / "models.yaml"
+    models_file.write_text("models:\n"
+                           "  - {MODEL_ID: org/chat, SERVED_MODEL_NAME: chat, MODEL_SOURCE: /models/qwen}\n"
+                           "  - {MODEL_ID: org/small, SERVED_MODEL_NAME: small, TENSOR_PARALLEL_SIZE: 2,\n"
+                           "     ACCELERATOR_TYPE: A100}\n"
+                           "  - {MODEL_ID: org/embed, SERVED_MODEL_NAME: embed}\n")
+    doc.smi = {k: (0, "\n".join([GOOD_SMI] * 2)) for k in doc.smi}  # 4 GPUs for 1 + 2 + 1
+    checks = doctor.run_checks({"RAY_LLM_SECRETS_FILE": str(doc.secrets), "MODELS_FILE": str(models_file),
+                                "MODELS_DIR": str(models), "MODEL_ID": "", "MODEL_SOURCE": "", "GPUS_PER_NODE": "4",
+                                "MAX_REPLICAS": "1", "HF_HUB_OFFLINE": ""}, doc.host(), "single")
+    by_name: dict[str, list[doctor.Check]] = {}
+    for check in checks:
+        by_name.setdefault(check.name, []).append(check)
+    assert [c.message for c in by_name["config"]] == [
+        ".env and .secrets are valid for the single profile (model 'chat', 'small', 'embed')"]
+    [model] = by_name["model"]
+    assert model.status == doctor.FAIL and model.message.startswith("MODELS_FILE entry 1 (chat): MODEL_SOURCE=/models/qwen")
+    [accelerator] = by_name["accelerator"]
+    assert accelerator.status == doctor.FAIL
+    assert accelerator.message.startswith("MODELS_FILE entry 2 (small): ACCELERATOR_TYPE=A100 matches none")
+    [gpu_count] = by_name["gpu-count"]
+    assert gpu_count.status == doctor.PASS and "4 GPU(s) (NVIDIA H100 80GB HBM3) for GPUS_PER_NODE=4, 2 per replica (the widest model)" in gpu_count.message
+    [disk] = by_name["disk"]  # once, though two models are downloaded
+    assert disk.status == doctor.PASS
+    doc.free_disk = 5 << 30
+    low = [c for c in doctor.run_checks({"RAY_LLM_SECRETS_FILE": str(doc.secrets), "MODELS_FILE": str(models_file),
+                                         "MODELS_DIR": str(models), "MODEL_ID": "", "GPUS_PER_NODE": "4",
+                                         "MAX_REPLICAS": "1"}, doc.host(), "single") if c.name == "disk"]
+    assert len(low) == 1 and "the size of org/small, org/embed is not known" in low[0].message

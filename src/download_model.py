@@ -3,6 +3,7 @@
 
     scripts/download-model.sh                         # MODEL_ID from .env into the model-cache volume
     scripts/download-model.sh --dest models/qwen      # into ./models/qwen (MODEL_SOURCE=/models/qwen)
+    scripts/download-model.sh                         # with MODELS_FILE: every entry without MODEL_SOURCE
     python src/download_model.py --model ID --revision REV --include '*.json' --include '*.safetensors'
 
 huggingface_hub's snapshot_download does the work: an interrupted download
@@ -25,7 +26,7 @@ from typing import MutableMapping, Sequence
 
 from deploy import env_files, insecure_secrets, load_env_files
 from model_source import offline
-from settings import HF_TOKEN_NAMES, first_secret
+from settings import HF_TOKEN_NAMES, ConfigError, first_secret, parse_settings, read_models_file
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -34,7 +35,8 @@ EXIT_USAGE = 2
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="download-model", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--model", default=None, help="Hugging Face model id (default: MODEL_ID from .env)")
+    p.add_argument("--model", default=None, help="Hugging Face model id (default: MODEL_ID from .env, or with "
+                   "MODELS_FILE every entry's MODEL_ID that has no MODEL_SOURCE)")
     p.add_argument("--revision", default=None, help="branch, tag or commit to pin (default: main)")
     p.add_argument("--include", action="append", default=None, metavar="PATTERN",
                    help="only files matching this glob (repeatable), e.g. '*.safetensors'")
@@ -52,16 +54,45 @@ def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | 
         print(f"download-model: {problem}", file=sys.stderr)
         return EXIT_USAGE
     load_env_files(env, (dotenv_file, secrets_file))
-    model = args.model or (env.get("MODEL_ID") or "").strip()
-    if not model:
-        several = " (with MODELS_FILE, once per entry's MODEL_ID)" if (env.get("MODELS_FILE") or "").strip() else ""
-        print(f"download-model: no model: pass --model{several} or set MODEL_ID in .env", file=sys.stderr)
+    try:
+        models = models_to_download(args.model, env)
+    except ConfigError as err:
+        for problem in err.problems:
+            print(f"download-model: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    if not models:
+        print("download-model: no model: pass --model or set MODEL_ID in .env (with MODELS_FILE, every entry "
+              "has a MODEL_SOURCE, so there is nothing to download)", file=sys.stderr)
+        return EXIT_USAGE
+    if (args.dest or args.revision) and len(models) > 1:
+        option = "--dest is one folder" if args.dest else "--revision pins one model"
+        print(f"download-model: {option}, and MODELS_FILE lists {len(models)} models to download "
+              f"({', '.join(models)}): pass --model with it, once per model", file=sys.stderr)
         return EXIT_USAGE
     if offline(env):
         print("download-model: HF_HUB_OFFLINE is set, so nothing can be downloaded: run it with "
               "HF_HUB_OFFLINE= (empty) on a machine that reaches the Hub or HF_ENDPOINT", file=sys.stderr)
         return EXIT_USAGE
+    for model in models:
+        rc = download(model, args, env)
+        if rc:
+            return rc
+    return 0
 
+
+def models_to_download(model: str | None, env: MutableMapping[str, str]) -> list[str]:
+    """--model; else with MODELS_FILE every entry's MODEL_ID that has no
+    MODEL_SOURCE (validated as deploy.py validates it); else MODEL_ID."""
+    if model:
+        return [model]
+    models_yaml = read_models_file(env)
+    if models_yaml is None:
+        return [m] if (m := (env.get("MODEL_ID") or "").strip()) else []
+    return [entry.model_id for entry in parse_settings(env, models_yaml).served if not entry.model_source]
+
+
+def download(model: str, args: argparse.Namespace, env: MutableMapping[str, str]) -> int:
+    """One model into --dest or the Hugging Face cache; prints the path on success."""
     # Imported only now: huggingface_hub reads HF_ENDPOINT, HF_HOME... at import.
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError

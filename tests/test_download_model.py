@@ -11,6 +11,7 @@ import hashlib
 import random
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -129,7 +130,7 @@ def test_into_the_cache_then_found_offline(hub: FakeHub, tmp_path: Path, model_d
     """Without --dest, python src/download_model.py fills HF_HOME's cache (what the
     image does in the model-cache volume); then huggingface_hub finds it with
     HF_HUB_OFFLINE=1, the way vLLM looks the model up."""
-    python = str(REPO_ROOT / ".runtime" / "venv" / "bin" / "python")
+    python = sys.executable
     home = tmp_path / "hf-home"
     env = clean_env(HF_ENDPOINT=hub.url, HF_HOME=str(home), RAY_LLM_SECRETS_FILE=str(secrets(tmp_path)),
                     HF_HUB_DISABLE_PROGRESS_BARS="1", HF_HUB_OFFLINE="")
@@ -149,3 +150,31 @@ def test_offline_setting_refuses_to_download(tmp_path: Path) -> None:
     done = run(["bash", str(REPO_ROOT / "scripts" / "download-model.sh"), "--model", REPO, "--dest",
                 str(tmp_path / "x")], env=env, timeout=60)
     assert done.returncode == 2 and "HF_HUB_OFFLINE is set" in done.stderr
+
+
+def test_models_file_downloads_every_entry_without_a_source(hub: FakeHub, tmp_path: Path, model_dir: Path) -> None:
+    """No --model with MODELS_FILE: each entry's MODEL_ID into the cache, one
+    after the other; an entry with MODEL_SOURCE is skipped; --dest with
+    several models is refused before anything is fetched."""
+    second = "local-test/tiny-llama-2"
+    hub.repos[second] = model_dir
+    models_file = tmp_path / "models.yaml"
+    models_file.write_text(f"models:\n  - {{MODEL_ID: {REPO}, SERVED_MODEL_NAME: a}}\n"
+                           f"  - {{MODEL_ID: {second}, SERVED_MODEL_NAME: b}}\n"
+                           "  - {MODEL_ID: local/own, SERVED_MODEL_NAME: c, MODEL_SOURCE: /models/own}\n")
+    python = sys.executable
+    home = tmp_path / "hf-home"
+    env = clean_env(HF_ENDPOINT=hub.url, HF_HOME=str(home), RAY_LLM_SECRETS_FILE=str(secrets(tmp_path)),
+                    HF_HUB_DISABLE_PROGRESS_BARS="1", HF_HUB_OFFLINE="", MODELS_FILE=str(models_file), MODEL_ID="",
+                    GPUS_PER_NODE="3")  # validated as deploy.py does: the 3 models fit
+    refused = run([python, str(REPO_ROOT / "src" / "download_model.py"), "--dest", str(tmp_path / "one")],
+                  env=env, timeout=60)
+    assert refused.returncode == 2 and "--dest is one folder" in refused.stderr, refused.stderr
+    assert not home.exists() and not (tmp_path / "one").exists()
+    done = run([python, str(REPO_ROOT / "src" / "download_model.py")], env=env, timeout=180)
+    assert done.returncode == 0, done.stderr
+    for repo in (REPO, second):
+        snapshot = home / "hub" / f"models--{repo.replace('/', '--')}" / "snapshots" / FakeHub.commit(repo)
+        same_files(snapshot, model_dir)
+        assert str(snapshot) in done.stdout.splitlines()
+    assert "local/own" not in done.stderr

@@ -60,6 +60,8 @@ class ComposeStack:
     api_port: int = field(default_factory=free_port)
     dashboard_port: int = field(default_factory=free_port)
     prometheus_port: int = field(default_factory=free_port)
+    # What a test changed in ".env" for the rest of the module's tests.
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.secrets_file = self.work_dir / "secrets"
@@ -109,6 +111,7 @@ class ComposeStack:
             SERVE_START_PERIOD="15m",
             SERVE_STOP_GRACE_PERIOD=GRACE,
         )
+        env.update(self.extra_env)
         return env
 
     def compose(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:

@@ -144,6 +144,27 @@ def test_models_file_is_mounted_where_deploy_reads_it(project: ComposeProject, p
     assert plain["configs"]["models"]["file"] == "/dev/null"
 
 
+def test_compose_does_not_see_edits_inside_the_models_file(project: ComposeProject) -> None:
+    """The README's advice (--force-recreate after editing the YAML) holds
+    while Compose's service hash ignores a config file's content, and setting
+    MODELS_FILE in .env changes the hash (so `up -d` recreates the server)."""
+    project.set_env(COMPOSE_PROFILES="cpu")
+    models = project.root / "models.yaml"
+
+    def service_hash(**environ: str) -> str:
+        out = project.compose("config", "--hash", "ray-serve-cpu", **environ)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.split()[-1]
+
+    plain = service_hash()
+    models.write_text("models:\n  - {MODEL_ID: org/a, SERVED_MODEL_NAME: a}\n")
+    with_file = service_hash(MODELS_FILE="../models.yaml", MODEL_ID="", CPU_MODEL_ID="")
+    models.write_text("models:\n  - {MODEL_ID: org/b, SERVED_MODEL_NAME: b}\n")
+    edited = service_hash(MODELS_FILE="../models.yaml", MODEL_ID="", CPU_MODEL_ID="")
+    assert with_file != plain
+    assert edited == with_file, "Compose now sees config content: update the README's MODELS_FILE section"
+
+
 @pytest.mark.parametrize("profile,nginx", [("single", "nginx"), ("cpu", "nginx"), ("head", "nginx-head")])
 def test_every_nginx_setting_set_in_the_shell_reaches_nginx(project: ComposeProject, profile: str,
                                                            nginx: str) -> None:

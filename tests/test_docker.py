@@ -273,7 +273,7 @@ def test_models_dir_is_mounted_read_only_and_serves_the_model(up: ComposeStack) 
 def test_models_file_is_read_inside_the_container(up: ComposeStack) -> None:
     """MODELS_FILE from .env reaches deploy.py in the image (the Compose config
     mount), and is validated there by Ray's and vLLM's own models (--dry-run)."""
-    models = up.work_dir / "models.yaml"
+    models = up.work_dir / "dry-run-models.yaml"
     source = f"/models/{TINY_MODEL_DIR.name}"
     models.write_text(f"models:\n  - {{MODEL_ID: tiny-llama, SERVED_MODEL_NAME: one, MODEL_SOURCE: {source}}}\n"
                       f"  - {{MODEL_ID: tiny-llama, SERVED_MODEL_NAME: two, MODEL_SOURCE: {source},"
@@ -338,22 +338,6 @@ def test_no_secret_in_docker_inspect(up: ComposeStack) -> None:
     assert dash.status_code == 200, dash.text
 
 
-def test_nginx_follows_a_recreated_model_server(up: ComposeStack) -> None:
-    nginx_id = up.container(NGINX)
-    before = up.inspect(nginx_id)["State"]
-    old_serve = up.container(SERVE)
-    started = time.monotonic()
-    out = up.compose("up", "-d", "--force-recreate", "--wait", SERVE, timeout=1200)
-    assert out.returncode == 0, out.stderr + up.logs()
-    assert up.container(SERVE) != old_serve
-    wait_for("a completion through nginx", lambda: chat_ok(up), timeout=120)
-    record("recreate_to_serving_s", time.monotonic() - started)
-    after = up.inspect(nginx_id)["State"]
-    assert up.container(NGINX) == nginx_id
-    assert (after["StartedAt"], after["Running"]) == (before["StartedAt"], True)
-    assert up.inspect(nginx_id)["RestartCount"] == 0
-
-
 KILL_DEPLOY_PY = """
 import os, signal
 for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -399,6 +383,47 @@ def test_frozen_engine_in_the_container_is_replaced(up: ComposeStack) -> None:
         assert "watchdog: FIRED" in logs
     finally:
         kill_if_stopped(pids)
+
+
+SECOND_MODEL = "tiny-two"
+
+
+def test_recreated_model_server_serves_two_models_and_nginx_follows(up: ComposeStack) -> None:
+    """What a user does to add a model: set MODELS_FILE in .env, then
+    `docker compose up -d`. The model server is recreated (a new container,
+    a new address) with two engines; the same Nginx, never restarted, finds it
+    and addresses each model by name; the healthcheck and /readyz ask both."""
+    nginx_id = up.container(NGINX)
+    before = up.inspect(nginx_id)["State"]
+    old_serve = up.container(SERVE)
+    models = up.work_dir / "two-models.yaml"
+    source = f"/models/{TINY_MODEL_DIR.name}"
+    models.write_text(f"models:\n  - {{MODEL_ID: tiny-llama, SERVED_MODEL_NAME: {MODEL}, MODEL_SOURCE: {source}}}\n"
+                      f"  - {{MODEL_ID: tiny-llama, SERVED_MODEL_NAME: {SECOND_MODEL}, MODEL_SOURCE: {source},"
+                      " MAX_NUM_SEQS: 4, MAX_MODEL_LEN: 512}\n")
+    # The single-model variables emptied, as .env must have them beside MODELS_FILE.
+    up.extra_env.update(MODELS_FILE=str(models), CPU_MODEL_ID="", SERVED_MODEL_NAME="", MODEL_SOURCE="")
+    started = time.monotonic()
+    out = up.compose("up", "-d", "--wait", timeout=1200)  # the user's command; Compose sees the change
+    assert out.returncode == 0, out.stderr + up.logs()
+    assert up.container(SERVE) != old_serve, "a changed MODELS_FILE must recreate the model server"
+    wait_for("a completion through nginx", lambda: chat_ok(up), timeout=120)
+    record("recreate_two_models_to_serving_s", time.monotonic() - started)
+    after = up.inspect(nginx_id)["State"]
+    assert up.container(NGINX) == nginx_id
+    assert (after["StartedAt"], after["Running"]) == (before["StartedAt"], True)
+    assert up.inspect(nginx_id)["RestartCount"] == 0
+    c = client(up, timeout=120)
+    assert sorted(m.id for m in c.models.list().data) == sorted([MODEL, SECOND_MODEL])
+    for name in (MODEL, SECOND_MODEL):
+        reply = c.chat.completions.create(model=name, max_tokens=4, messages=[{"role": "user", "content": "hi"}])
+        assert reply.model == name and reply.usage is not None and reply.usage.completion_tokens >= 1
+    # Each entry's own engine settings: only the second is limited to 512 tokens.
+    with pytest.raises(openai.BadRequestError) as refused:
+        c.completions.create(model=SECOND_MODEL, prompt="word " * 400, max_tokens=1)
+    assert refused.value.code == "context_length_exceeded", refused.value.body
+    assert httpx.get(up.base_url + "/readyz", timeout=30).json() == {"status": "ready"}
+    assert len(engine_pids(up)) == 2, "expected one engine per model in the container"
 
 
 def test_stream_in_flight_completes_during_compose_down(up: ComposeStack) -> None:

@@ -519,7 +519,39 @@ def run_checks(environ: MutableMapping[str, str], host: Host, profile: str | Non
     checks += port_checks(host, environ, settings, profile)
     if profile in ("head", "worker"):
         checks += multinode_checks(host, environ, settings, profile)
+    checks += monitoring_checks(environ, profile)
     return checks
+
+
+def monitoring_checks(environ: Mapping[str, str], profile: str) -> list[Check]:
+    """The monitoring profile that fits the serving profile, with targets it can reach."""
+    added = {p.strip() for p in (environ.get("COMPOSE_PROFILES") or "").split(",")} & {"monitoring", "monitoring-head"}
+    if not added:
+        return []
+    wanted = "monitoring-head" if profile == "head" else "monitoring"
+    if profile == "worker":
+        return [Check("monitoring", FAIL, f"COMPOSE_PROFILES adds {', '.join(sorted(added))} to a worker: "
+                      "monitoring runs on the head only (its Prometheus scrapes every node)",
+                      "set COMPOSE_PROFILES=worker here, and head,monitoring-head on the head")]
+    if added != {wanted}:
+        return [Check("monitoring", FAIL, f"COMPOSE_PROFILES adds {', '.join(sorted(added))} to {profile}, "
+                      f"which takes {wanted}", f"set COMPOSE_PROFILES={profile},{wanted}")]
+    if profile != "head":
+        return [Check("monitoring", PASS, f"profile monitoring beside {profile}")]
+    problems = []
+    if not (environ.get("PROMETHEUS_RAY_TARGETS") or "").strip():
+        problems.append("PROMETHEUS_RAY_TARGETS is empty (it would scrape ray-serve, a name host networking "
+                        "cannot resolve)")
+    nginx_target = (environ.get("PROMETHEUS_NGINX_TARGET") or "").strip()
+    if not nginx_target.startswith(("127.", "localhost:")):
+        problems.append(f"PROMETHEUS_NGINX_TARGET={nginx_target} is not the exporter on the head's loopback")
+    if problems:
+        port = environ.get("NGINX_EXPORTER_PORT") or "9113"
+        return [Check("monitoring", FAIL, "profile monitoring-head: " + "; ".join(problems),
+                      "in .env: PROMETHEUS_RAY_TARGETS=<every node's VLLM_HOST_IP>:RAY_METRICS_PORT, comma-separated, "
+                      f"and PROMETHEUS_NGINX_TARGET=127.0.0.1:{port}")]
+    return [Check("monitoring", PASS, "profile monitoring-head scrapes "
+                  f"{environ.get('PROMETHEUS_RAY_TARGETS')} and {nginx_target}")]
 
 
 def render(checks: Sequence[Check]) -> str:

@@ -374,3 +374,23 @@ def test_models_file_is_checked_per_entry(doc: Doctor, tmp_path: Path) -> None:
                                          "MODELS_DIR": str(models), "MODEL_ID": "", "GPUS_PER_NODE": "4",
                                          "MAX_REPLICAS": "1"}, doc.host(), "single") if c.name == "disk"]
     assert len(low) == 1 and "the size of org/small, org/embed is not known" in low[0].message
+
+
+@pytest.mark.parametrize("profiles,env,status,text", [
+    ("single,monitoring", {}, doctor.PASS, "profile monitoring beside single"),
+    ("single,monitoring-head", {}, doctor.FAIL, "which takes monitoring"),
+    ("head,monitoring", {}, doctor.FAIL, "which takes monitoring-head"),
+    ("head,monitoring-head", {"PROMETHEUS_RAY_TARGETS": ""}, doctor.FAIL, "PROMETHEUS_RAY_TARGETS is empty"),
+    ("head,monitoring-head", {"PROMETHEUS_RAY_TARGETS": "198.18.0.1:8080"}, doctor.FAIL,
+     "PROMETHEUS_NGINX_TARGET=nginx-exporter:9113 is not the exporter on the head's loopback"),
+    ("head,monitoring-head", {"PROMETHEUS_RAY_TARGETS": "198.18.0.1:8080,198.18.0.2:8080",
+                              "PROMETHEUS_NGINX_TARGET": "127.0.0.1:9113"}, doctor.PASS,
+     "scrapes 198.18.0.1:8080,198.18.0.2:8080 and 127.0.0.1:9113"),
+    ("worker,monitoring-head", {}, doctor.FAIL, "monitoring runs on the head only"),
+])
+def test_monitoring_profile_fits_the_serving_profile(profiles: str, env: dict[str, str], status: str,
+                                                     text: str) -> None:
+    environ = {"COMPOSE_PROFILES": profiles, "PROMETHEUS_NGINX_TARGET": "nginx-exporter:9113", **env}
+    [check] = doctor.monitoring_checks(environ, profiles.split(",")[0])
+    assert check.status == status and text in check.message, check
+    assert check.status == doctor.PASS or check.fix

@@ -17,8 +17,6 @@ import os
 import re
 import subprocess
 import sys
-import time
-import urllib.parse
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -28,7 +26,8 @@ import pytest
 import yaml
 
 from compose_support import ComposeProject
-from conftest import REPO_ROOT, free_port, require_tool
+from monitoring_support import Prometheus, prometheus_config
+from conftest import REPO_ROOT, require_tool
 
 MONITORING = REPO_ROOT / "docker" / "monitoring"
 DASHBOARDS = MONITORING / "grafana" / "dashboards"
@@ -76,12 +75,6 @@ def project(tmp_path: Path) -> ComposeProject:
     return ComposeProject(tmp_path)
 
 
-def prometheus_config(project: ComposeProject, **environ: str) -> str:
-    """The Prometheus configuration exactly as Compose renders it from .env."""
-    cfg = project.config("--profile", "cpu", "--profile", "monitoring", **environ)
-    return cfg["configs"]["prometheus"]["content"]
-
-
 def promtool_check(config_text: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "prometheus.yml"
     path.write_text(config_text)
@@ -114,7 +107,43 @@ def test_monitoring_profile_renders_beside_cpu(project: ComposeProject) -> None:
 def test_monitoring_profile_is_not_part_of_the_serving_profiles(project: ComposeProject) -> None:
     for profile in ("single", "cpu", "head", "worker"):
         services = project.config("--profile", profile)["services"]
-        assert not {"prometheus", "grafana", "cloudflared"} & set(services), profile
+        assert not {"prometheus", "grafana", "prometheus-head", "grafana-head", "cloudflared"} & set(services), profile
+
+
+def test_monitoring_head_profile_runs_on_the_heads_host_network(project: ComposeProject, tmp_path: Path) -> None:
+    """Profile monitoring-head beside head: the same images and hardening on the
+    host network, listening on RAY_PUBLISH_ADDRESS (Prometheus, Grafana) and
+    loopback (the exporter, which reads nginx-head's loopback status page)."""
+    env = {"RAY_PUBLISH_ADDRESS": "127.0.0.5", "PROMETHEUS_PORT": "9191", "GRAFANA_PORT": "3333",
+           "NGINX_STATUS_PORT": "8181", "NGINX_EXPORTER_PORT": "9313",
+           "PROMETHEUS_RAY_TARGETS": "198.18.0.1:8080,198.18.0.2:8080", "PROMETHEUS_NGINX_TARGET": "127.0.0.1:9313"}
+    cfg = project.config("--profile", "head", "--profile", "monitoring-head", **env)
+    services = cfg["services"]
+    assert set(services) == {"ray-head", "nginx-head", "prometheus-head", "nginx-exporter-head", "grafana-head",
+                             "grafana-secret"}
+    bridge = project.config("--profile", "cpu", "--profile", "monitoring")["services"]
+    for name in ("prometheus", "nginx-exporter", "grafana"):
+        head, same = services[f"{name}-head"], bridge[name]
+        assert head["network_mode"] == "host" and "ports" not in head and "networks" not in head, name
+        for key in ("image", "user", "read_only", "cap_drop", "security_opt", "restart", "volumes"):
+            assert head.get(key) == same.get(key), f"{name}-head differs from {name} in {key}"
+    assert services["prometheus-head"]["command"][-1] == "--web.listen-address=127.0.0.5:9191"
+    assert services["prometheus-head"]["healthcheck"]["test"][-1] == "http://127.0.0.5:9191/-/ready"
+    assert services["nginx-exporter-head"]["command"] == ["--nginx.scrape-uri=http://127.0.0.1:8181/stub_status",
+                                                          "--web.listen-address=127.0.0.1:9313"]
+    assert services["nginx-exporter-head"]["depends_on"]["nginx-head"]["condition"] == "service_healthy"
+    grafana = services["grafana-head"]["environment"]
+    assert (grafana["GF_SERVER_HTTP_ADDR"], grafana["GF_SERVER_HTTP_PORT"]) == ("127.0.0.5", "3333")
+    assert grafana["RAY_LLM_PROMETHEUS_URL"] == "http://127.0.0.5:9191"
+    assert {k: v for k, v in grafana.items() if k.startswith("GF_SECURITY")} == {
+        k: v for k, v in bridge["grafana"]["environment"].items() if k.startswith("GF_SECURITY")}
+    text = cfg["configs"]["prometheus"]["content"]
+    assert promtool_check(text, tmp_path).returncode == 0
+    jobs = {job["job_name"]: job["static_configs"][0]["targets"] for job in yaml.safe_load(text)["scrape_configs"]}
+    assert jobs["ray"] == ["198.18.0.1:8080", "198.18.0.2:8080"] and jobs["nginx"] == ["127.0.0.1:9313"]
+    # The bridge profile beside head is refused, naming what is missing.
+    out = project.compose("--profile", "head", "--profile", "monitoring", "config")
+    assert out.returncode != 0 and 'depends on undefined service "nginx"' in out.stderr, out.stderr
 
 
 def test_rendered_prometheus_config_passes_promtool(project: ComposeProject, tmp_path: Path) -> None:
@@ -190,9 +219,11 @@ def test_grafana_provisions_the_mounted_dashboards(project: ComposeProject) -> N
     path = provider["options"]["path"]
     assert Path(mounts[path]["source"]) == project.root / "docker" / "monitoring" / "grafana" / "dashboards"
     assert mounts[path]["read_only"] and mounts["/etc/grafana/provisioning"]["read_only"]
+    # The datasource's URL is the grafana service's RAY_LLM_PROMETHEUS_URL
+    # (Grafana expands ${...} in provisioning files): Prometheus' service name.
     url = yaml.safe_load((PROVISIONING / "datasources" / "prometheus.yml").read_text())["datasources"][0]["url"]
-    assert url == "http://prometheus:9090" and "prometheus" in project.config(
-        "--profile", "cpu", "--profile", "monitoring")["services"]
+    assert url == "${RAY_LLM_PROMETHEUS_URL}"
+    assert grafana["environment"]["RAY_LLM_PROMETHEUS_URL"] == "http://prometheus:9090"
 
 
 def test_tunnel_profile_renders_non_root_read_only_with_a_healthcheck(project: ComposeProject) -> None:
@@ -259,90 +290,11 @@ def test_grafana_password_is_required(project: ComposeProject, tmp_path: Path) -
 
 # --------------------------------------------------------------------- e2e ---
 
-class Prometheus:
-    """Debian's Prometheus and nginx exporter, with the configuration Compose
-    renders, scraping the shared local stack."""
-
-    def __init__(self, stack: Any, root: Path) -> None:
-        self.root = root
-        self.port = free_port()
-        self.exporter_port = free_port()
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.logs: list[Path] = []
-        project = ComposeProject(root / "project")
-        self.config_text = prometheus_config(
-            project, PROMETHEUS_RAY_TARGETS=f"127.0.0.1:{stack.metrics_port}",
-            PROMETHEUS_NGINX_TARGET=f"127.0.0.1:{self.exporter_port}", PROMETHEUS_SCRAPE_INTERVAL="2s")
-        (root / "prometheus.yml").write_text(self.config_text)
-
-    def start(self, stack: Any) -> None:
-        self.spawn("exporter", [require_tool("prometheus-nginx-exporter"),
-                                f"--nginx.scrape-uri=http://127.0.0.1:{stack.status_port}/stub_status",
-                                f"--web.listen-address=127.0.0.1:{self.exporter_port}"])
-        self.spawn("prometheus", [require_tool("prometheus"), f"--config.file={self.root / 'prometheus.yml'}",
-                                  f"--storage.tsdb.path={self.root / 'data'}",
-                                  f"--web.listen-address=127.0.0.1:{self.port}"])
-
-    def spawn(self, name: str, cmd: list[str]) -> None:
-        log = self.root / f"{name}.log"
-        self.logs.append(log)
-        with log.open("wb") as sink:
-            self.procs.append(subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT))
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-    def log_tails(self) -> str:
-        return "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}" for log in self.logs
-                         if log.exists())
-
-    def api(self, path: str, **params: str) -> Any:
-        url = f"http://127.0.0.1:{self.port}/api/v1/{path}"
-        if params:
-            url += "?" + urllib.parse.urlencode(params)
-        response = httpx.get(url, timeout=10)
-        body = response.json()
-        assert body.get("status") == "success", f"{path} {params}: {body}"
-        return body["data"]
-
-    def wait(self, what: str, check: Any, timeout: float = 120) -> Any:
-        deadline = time.monotonic() + timeout
-        last: Any = None
-        while time.monotonic() < deadline:
-            try:
-                last = check()
-                if last:
-                    return last
-            except (httpx.HTTPError, AssertionError, ValueError) as exc:
-                last = exc
-            time.sleep(1)
-        raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last}, targets: "
-                             f"{getattr(self, 'last_health', None)})\n{self.log_tails()}")
-
-    def targets_up(self) -> dict[str, str]:
-        """The ray and nginx jobs, once both are up (Prometheus' own job
-        scrapes localhost:9090, its port in Compose, not the test's)."""
-        active = self.api("targets")["activeTargets"]
-        health = {t["labels"]["job"]: f'{t["health"]} {t.get("lastError", "")}'.strip() for t in active}
-        self.last_health = health
-        return health if all(health.get(job) == "up" for job in ("ray", "nginx")) else {}
-
-    def value(self, query: str) -> float:
-        result = self.api("query", query=query)["result"]
-        return float(result[0]["value"][1]) if result else 0.0
-
-
 @pytest.fixture(scope="module")
 def prometheus(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
-    prom = Prometheus(stack, tmp_path_factory.mktemp("prometheus"))
+    prom = Prometheus(tmp_path_factory.mktemp("prometheus"), ray_targets=f"127.0.0.1:{stack.metrics_port}")
     try:
-        prom.start(stack)
+        prom.start(status_port=stack.status_port)
         prom.wait("every scrape target up", prom.targets_up)
         yield prom
     finally:

@@ -21,6 +21,7 @@ from dotenv import dotenv_values
 
 from cluster_support import Node, TwoHosts
 from conftest import REPO_ROOT, free_port, kill_if_stopped, process_gone, require_tool, session_processes
+from monitoring_support import Prometheus
 
 pytestmark = [pytest.mark.multinode]
 
@@ -168,6 +169,36 @@ def test_engine_on_worker_answers_through_head_nginx(cluster: Cluster) -> None:
                          text=True, capture_output=True, check=False)
     answer, status = out.stdout.rsplit("\n", 1)
     assert status == "404" and json.loads(answer)["error"]["code"] == "model_not_found", out.stdout
+
+
+def test_head_prometheus_scrapes_both_nodes_and_nginx(cluster: Cluster, tmp_path: Path) -> None:
+    """Profile monitoring-head's Prometheus configuration (rendered by Compose
+    for head,monitoring-head), run on the head host: every node's Ray metrics
+    port and the head Nginx's status page (through the exporter) are up, and
+    the worker's vLLM token counter grows after a completion through Nginx."""
+    poll("a completion through the head's nginx", lambda: cluster.completion() is not None, 600,
+         list(cluster.nodes.values()), interval=5)
+    nodes = {name: f"{node.host.ip}:{node.env['RAY_METRICS_PORT']}" for name, node in cluster.nodes.items()}
+    prom = Prometheus(tmp_path, ray_targets=",".join(nodes.values()), profiles=("head", "monitoring-head"),
+                      prefix=cluster.hosts.head.prefix())
+    try:
+        prom.start(status_port=int(cluster.nodes["head"].env["NGINX_STATUS_PORT"]))
+        prom.wait("both Ray nodes and Nginx up", lambda: prom.targets_up(ray_targets=2))
+        query = "sum by (instance) (ray_vllm_generation_tokens_total)"
+
+        def by_instance() -> dict[str, float]:
+            return {r["metric"]["instance"]: float(r["value"][1]) for r in prom.api("query", query=query)["result"]}
+
+        before = prom.wait("vLLM's token counter from the worker", by_instance)
+        assert set(before) == {nodes["worker"]}, before  # the engine runs on the worker only
+        reply = cluster.completion()
+        assert reply is not None
+        tokens = reply["usage"]["completion_tokens"]
+        prom.wait(f"the worker's counter to grow by {tokens}",
+                  lambda: by_instance().get(nodes["worker"], 0) >= before[nodes["worker"]] + tokens)
+        assert prom.value('sum(nginx_connections_accepted{job="nginx"})') >= 1
+    finally:
+        prom.stop()
 
 
 def test_per_node_settings_stay_on_their_node(cluster: Cluster) -> None:

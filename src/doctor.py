@@ -301,15 +301,16 @@ def gpu_checks(host: Host, settings: Settings) -> list[Check]:
             checks.append(Check("gpu-count", PASS, f"{count} GPU(s) ({', '.join(names)}) for GPUS_PER_NODE="
                                 f"{settings.gpus_per_node}, {widest} per replica"
                                 + (" (the widest model)" if settings.models else "")))
-    for prefix, model in settings.labelled:
-        if model.accelerator_type:
-            checks.append(accelerator_check(host, prefix, model.accelerator_type, gpus))
+    wanted = [(prefix, model.accelerator_type) for prefix, model in settings.labelled if model.accelerator_type]
+    if wanted:
+        known = host.accelerator_types()  # once: Ray's list, the same for every model
+        checks += [accelerator_check(prefix, accelerator, known, gpus, ", ".join(names))
+                   for prefix, accelerator in wanted]
     return checks
 
 
-def accelerator_check(host: Host, prefix: str, accelerator: str, gpus: Sequence[Gpu]) -> Check:
-    names = ", ".join(sorted({g.name for g in gpus}))
-    known = host.accelerator_types()
+def accelerator_check(prefix: str, accelerator: str, known: set[str] | None, gpus: Sequence[Gpu],
+                      names: str) -> Check:
     if known is not None and accelerator not in known:
         return Check("accelerator", FAIL, f"{prefix}ACCELERATOR_TYPE={accelerator} is not one of Ray's accelerator "
                      "types", "leave it empty, or use a name from ray.util.accelerators (H100, A100-80G, L40S...)")

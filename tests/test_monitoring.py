@@ -26,8 +26,8 @@ import pytest
 import yaml
 
 from compose_support import ComposeProject
-from monitoring_support import Prometheus, prometheus_config
 from conftest import REPO_ROOT, require_tool
+from monitoring_support import Prometheus, prometheus_config
 
 MONITORING = REPO_ROOT / "docker" / "monitoring"
 DASHBOARDS = MONITORING / "grafana" / "dashboards"

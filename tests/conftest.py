@@ -25,14 +25,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Docker tests first, then the offline and two-model tests' own stacks: each is down
+    """Docker tests first, then the offline test's own stack: it is down
     before the session's local stack starts, so two CPU engines never share
     the machine. The monitoring module comes before the others, among them
     test_hardening, whose last test stops the shared local stack."""
     def rank(item: pytest.Item) -> int:
         if item.get_closest_marker("docker"):
             return 0
-        if item.get_closest_marker("offline") or item.nodeid.startswith("tests/test_multi_model.py"):
+        if item.get_closest_marker("offline"):
             return 1
         return 2 if item.nodeid.startswith("tests/test_monitoring.py") else 3
 

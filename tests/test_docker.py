@@ -39,6 +39,7 @@ from docker_support import (
     wait_for,
 )
 from fake_hub import FakeHub
+from readiness import MODEL_TIMEOUT_S
 
 pytestmark = pytest.mark.docker
 
@@ -402,7 +403,9 @@ def test_recreated_model_server_serves_two_models_and_nginx_follows(up: ComposeS
                       f"  - {{MODEL_ID: tiny-llama, SERVED_MODEL_NAME: {SECOND_MODEL}, MODEL_SOURCE: {source},"
                       " MAX_NUM_SEQS: 4, MAX_MODEL_LEN: 512}\n")
     # The single-model variables emptied, as .env must have them beside MODELS_FILE.
-    up.extra_env.update(MODELS_FILE=str(models), CPU_MODEL_ID="", SERVED_MODEL_NAME="", MODEL_SOURCE="")
+    up.extra_env.update(MODELS_FILE=str(models), CPU_MODEL_ID="", SERVED_MODEL_NAME="", MODEL_SOURCE="",
+                        # Longer than the next test's freeze (readiness, not the watchdog, is tested there).
+                        WATCHDOG_TIMEOUT="90")
     started = time.monotonic()
     out = up.compose("up", "-d", "--wait", timeout=1200)  # the user's command; Compose sees the change
     assert out.returncode == 0, out.stderr + up.logs()
@@ -424,6 +427,65 @@ def test_recreated_model_server_serves_two_models_and_nginx_follows(up: ComposeS
     assert refused.value.code == "context_length_exceeded", refused.value.body
     assert httpx.get(up.base_url + "/readyz", timeout=30).json() == {"status": "ready"}
     assert len(engine_pids(up)) == 2, "expected one engine per model in the container"
+
+
+READY_HEADER = {"X-Ray-LLM-Ready": "all"}
+
+
+def engine_of(s: ComposeStack, name: str) -> int:
+    """Host PID of the vLLM engine serving model NAME (a child of its replica)."""
+    for pid in engine_pids(s):
+        parent = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+        if f"LLMServer:{name}" in Path(f"/proc/{parent}/cmdline").read_text():
+            return pid
+    raise AssertionError(f"no EngineCore process found for {name}")
+
+
+def healthcheck(s: ComposeStack) -> subprocess.CompletedProcess[str]:
+    """The container's own healthcheck command, run now."""
+    return s.docker("exec", s.container(SERVE), "/app/scripts/container-entrypoint.sh", "python",
+                    "/app/src/healthcheck.py", timeout=120)
+
+
+def ray_probe(s: ComposeStack, timeout: float = 60) -> httpx.Response:
+    """The healthcheck's request to Ray Serve's published loopback port, for its JSON."""
+    return httpx.post(f"http://127.0.0.1:{s.api_port}/v1/completions", json={"prompt": "ping", "max_tokens": 1},
+                      headers=READY_HEADER, timeout=timeout)
+
+
+def test_readiness_names_the_model_that_does_not_answer(up: ComposeStack) -> None:
+    """/readyz and the healthcheck ask every model of MODELS_FILE: one engine is
+    frozen for a moment (SIGSTOP, then SIGCONT well inside WATCHDOG_TIMEOUT)
+    and both name it, while the other model still answers by name."""
+    names = (MODEL, SECOND_MODEL)
+    probe = ray_probe(up)
+    assert probe.status_code == 200, probe.text
+    assert probe.json() == {"status": "ready", "models": {name: "ready" for name in names}}
+    assert healthcheck(up).returncode == 0
+    # The header is the readiness probe's only: Nginx drops it from clients'
+    # requests, which stay completions (here: no model named, two served).
+    r = httpx.post(up.base_url + "/v1/completions", json={"prompt": "ping", "max_tokens": 1},
+                   headers={"Authorization": f"Bearer {API_KEY}", **READY_HEADER}, timeout=30)
+    assert r.status_code == 400 and "status" not in r.json(), r.text
+    frozen = engine_of(up, SECOND_MODEL)
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        nginx = httpx.get(up.base_url + "/readyz", timeout=30)
+        assert nginx.status_code == 503 and nginx.json()["error"]["code"] == "model_not_ready", nginx.text
+        assert time.monotonic() - t0 < 10
+        client(up).completions.create(model=MODEL, prompt="hello", max_tokens=2)
+        # The healthcheck waits MODEL_TIMEOUT_S for each model, then names the one missing.
+        check = healthcheck(up)
+    finally:
+        os.kill(frozen, signal.SIGCONT)
+    assert check.returncode == 1, check.stdout + check.stderr
+    assert f"model {SECOND_MODEL!r}: no answer within {MODEL_TIMEOUT_S:.0f}s" in check.stderr, check.stderr
+    assert f"model {MODEL!r}" not in check.stderr
+    wait_for("both models ready again", lambda: ray_probe(up).status_code == 200, timeout=60, interval=1)
+    assert ray_probe(up).json()["models"] == {name: "ready" for name in names}
+    assert healthcheck(up).returncode == 0
+    assert engine_of(up, SECOND_MODEL) == frozen, "resumed inside WATCHDOG_TIMEOUT: the engine must not be replaced"
 
 
 def test_stream_in_flight_completes_during_compose_down(up: ComposeStack) -> None:

@@ -1,7 +1,7 @@
 """src/readiness.py's decisions, in process. The wrapped app is a stand-in for
 Ray Serve's HTTP proxy (an ASGI app answering like it), for the cases the
 tiny CPU stack cannot show: an embedding model, a broken model list, many
-probes at once. The real proxy is tested in tests/test_multi_model.py."""
+probes at once. The real proxy is tested in tests/test_docker.py (two models in Compose)."""
 
 from __future__ import annotations
 

@@ -116,11 +116,14 @@ def drop_empty_upstream_vars(environ: MutableMapping[str, str]) -> None:
         del environ[name]
 
 
-def export_direct_streaming(environ: MutableMapping[str, str], settings: Settings) -> None:
-    """Direct streaming needs Serve's HAProxy ingress in the controller's environment."""
-    if settings.direct_streaming:
-        environ["RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"] = "1"
-        environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+def export_serve_transport(environ: MutableMapping[str, str], settings: Settings) -> None:
+    """How requests and tokens cross Ray Serve (gRPC, HAProxy, direct streaming):
+    Ray reads these from each process's environment, so write the parsed
+    values (defaults included) before Ray starts its private cluster. On
+    several nodes every `ray start` gets the same values from .env."""
+    environ["RAY_SERVE_USE_GRPC_BY_DEFAULT"] = "1" if settings.grpc_between_deployments else "0"
+    environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1" if settings.haproxy_ingress else "0"
+    environ["RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"] = "1" if settings.direct_streaming else "0"
 
 
 def export_ray_auth(environ: MutableMapping[str, str], settings: Settings) -> None:
@@ -287,7 +290,7 @@ def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | 
         export_ray_auth(env, settings)
         drop_empty_upstream_vars(env)
         export_for_workers(env, settings)
-        export_direct_streaming(env, settings)
+        export_serve_transport(env, settings)
     try:
         serving = checked_serving_args(settings)
     except config_check.EngineCheckError as err:

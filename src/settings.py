@@ -62,7 +62,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("MODELS_FILE", "", "YAML file listing several models (keys: the per-model variables); "
              "MODEL_ID, SERVED_MODEL_NAME and MODEL_SOURCE must be empty then. Relative to docker/."),
     Variable("VLLM_CPU_KVCACHE_SPACE", "1", "DEVICE=cpu only: KV-cache size in GiB."),
-    Variable("RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING", "0", "Alpha upstream: the model replica serves HTTP itself behind Ray's HAProxy ingress (1) or not (0)."),
+    Variable("RAY_SERVE_USE_GRPC_BY_DEFAULT", "1", "Ray Serve sends requests and streamed tokens between deployments over gRPC (1) or as Ray actor calls (0)."),
+    Variable("RAY_SERVE_ENABLE_HA_PROXY", "1", "Alpha upstream: Ray's HAProxy takes HTTP in front of the ingress replicas (1), or Serve's Python proxy (0)."),
+    Variable("RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING", "0", "Alpha upstream: the model replica serves HTTP itself behind Ray's HAProxy ingress (1, needs RAY_SERVE_ENABLE_HA_PROXY=1) or not (0)."),
     Variable("STREAM_BATCHING_INTERVAL_MS", str(DEFAULT_STREAM_BATCHING_INTERVAL_MS), "Ray Serve LLM writes streamed tokens in batches this often (ms); 0 = each token at once."),
     Variable("INGRESS_REPLICAS", "1", "Replicas of Ray Serve's OpenAI ingress (the hop every token passes); ignored with direct streaming."),
     Variable("RAY_API_HOST", "0.0.0.0", "Address Ray Serve's HTTP server and the dashboard bind."),
@@ -137,6 +139,8 @@ class Settings:
     watchdog_recovery_timeout_s: int = DEFAULT_RECOVERY_TIMEOUT_S
     stream_batching_interval_ms: int = DEFAULT_STREAM_BATCHING_INTERVAL_MS
     direct_streaming: bool = False
+    grpc_between_deployments: bool = True
+    haproxy_ingress: bool = True
     ingress_replicas: int = 1
     hf_token: str | None = field(default=None, repr=False)
     openai_api_key: str | None = field(default=None, repr=False)
@@ -512,6 +516,12 @@ def _parse_one(environ: Mapping[str, str]) -> Settings:
                   f"expected 0 (off) or at least {MIN_WATCHDOG_TIMEOUT_S} seconds (one heartbeat can take "
                   "a whole engine step)")
 
+    direct_streaming = r.integer("RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING", 0, 1) == 1
+    haproxy_ingress = r.integer("RAY_SERVE_ENABLE_HA_PROXY", 0, 1) == 1
+    if direct_streaming and not haproxy_ingress:
+        r.problems.append("RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING=1 needs RAY_SERVE_ENABLE_HA_PROXY=1: Ray Serve LLM's "
+                          "direct streaming runs behind the HAProxy ingress (set both, or direct streaming to 0).")
+
     settings = Settings(
         model_id=model_id,
         served_model_name=served,
@@ -543,7 +553,9 @@ def _parse_one(environ: Mapping[str, str]) -> Settings:
         watchdog_timeout_s=watchdog_timeout,
         watchdog_recovery_timeout_s=r.integer("WATCHDOG_RECOVERY_TIMEOUT", 0),
         stream_batching_interval_ms=r.integer("STREAM_BATCHING_INTERVAL_MS", 0, 1000),
-        direct_streaming=r.integer("RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING", 0, 1) == 1,
+        direct_streaming=direct_streaming,
+        grpc_between_deployments=r.integer("RAY_SERVE_USE_GRPC_BY_DEFAULT", 0, 1) == 1,
+        haproxy_ingress=haproxy_ingress,
         ingress_replicas=r.integer("INGRESS_REPLICAS", 1, 64),
         hf_token=r.first_secret(HF_TOKEN_NAMES),
         openai_api_key=api_key,

@@ -180,6 +180,36 @@ def test_cpu_config_requests_no_gpu() -> None:
                                                  "graceful_shutdown_timeout_s": 50.0, "num_replicas": 1}
 
 
+def test_serve_transport_switches_parse_and_reach_rays_environment() -> None:
+    """gRPC and HAProxy default on (docs/benchmarks.md); deploy.py writes the parsed
+    values for Ray, so a missing variable still means the documented default."""
+    import deploy
+
+    on = parse_settings(env())
+    assert on.grpc_between_deployments and on.haproxy_ingress and not on.direct_streaming
+    environ: dict[str, str] = {}
+    deploy.export_serve_transport(environ, on)
+    assert environ == {"RAY_SERVE_USE_GRPC_BY_DEFAULT": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1",
+                       "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "0"}
+    off = parse_settings(env(RAY_SERVE_USE_GRPC_BY_DEFAULT="0", RAY_SERVE_ENABLE_HA_PROXY="0"))
+    environ = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
+    deploy.export_serve_transport(environ, off)
+    assert environ == {"RAY_SERVE_USE_GRPC_BY_DEFAULT": "0", "RAY_SERVE_ENABLE_HA_PROXY": "0",
+                       "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "0"}
+
+
+@pytest.mark.parametrize("name", ["RAY_SERVE_USE_GRPC_BY_DEFAULT", "RAY_SERVE_ENABLE_HA_PROXY"])
+def test_serve_transport_switch_takes_0_or_1(name: str) -> None:
+    for value in ("yes", "2"):
+        assert problems(**{name: value}) == [f"{name}='{value}' is invalid: expected an integer from 0 to 1."]
+
+
+def test_direct_streaming_needs_the_haproxy_ingress() -> None:
+    assert problems(RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING="1", RAY_SERVE_ENABLE_HA_PROXY="0") == [
+        "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING=1 needs RAY_SERVE_ENABLE_HA_PROXY=1: Ray Serve LLM's direct "
+        "streaming runs behind the HAProxy ingress (set both, or direct streaming to 0)."]
+
+
 def test_ingress_replicas_reach_the_ingress_not_the_direct_streaming_app() -> None:
     args = llm_config.serving_args(parse_settings(env(INGRESS_REPLICAS="2")))
     assert args["ingress_deployment_config"]["num_replicas"] == 2

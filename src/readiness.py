@@ -1,4 +1,4 @@
-"""Readiness of every served model, answered inside Ray Serve's HTTP proxy.
+"""Readiness of every served model, answered where Ray Serve takes HTTP.
 
 The readiness probe (Nginx's /readyz and the container healthcheck) is a
 1-token completion without ``model``: Ray Serve's /v1/models answers from
@@ -8,8 +8,8 @@ that a model really answers. With one model, Ray routes a completion without
 carries a header, ``X-Ray-LLM-Ready: all``, and this middleware answers it
 instead of Ray's ingress:
 
-* it lists the served models (GET /v1/models, through the proxy itself),
-* sends each one a 1-token completion at once (through the proxy, as a
+* it lists the served models (GET /v1/models, through the app it wraps),
+* sends each one a 1-token completion at once (through that app, as a
   client's request would go); a model that refuses completions with a 4xx
   (an embedding model) is asked for an embedding instead,
 * answers 200 ``{"status": "ready", "models": {name: "ready", ...}}`` only
@@ -17,10 +17,13 @@ instead of Ray's ingress:
   models that did not (code ``model_not_ready``).
 
 Probes that arrive while a check runs share its answer. The inner requests
-are ASGI calls into the wrapped proxy app, not network connections, so
-nothing depends on the proxy's address. Direct streaming
-(Ray's HAProxy ingress, which runs no proxy middleware) serves exactly one
-model; the same probe then reaches that model as an ordinary completion.
+are ASGI calls into the wrapped app, not network connections, so nothing
+depends on an address. Ray loads this middleware into Serve's HTTP proxy, or,
+with its HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY=1, the default), into the
+ingress replica that then serves HTTP itself; each ends a request cut at the
+bound its own way, and both count as no answer. Direct streaming serves
+exactly one model; the same probe then reaches that model as an ordinary
+completion.
 Nginx strips the header from client requests. Nothing here imports Ray.
 """
 
@@ -52,7 +55,7 @@ def is_probe(scope: Scope) -> bool:
 
 
 async def call(app: App, scope: Scope, method: str, path: str, body: bytes = b"",
-               timeout: float = MODEL_TIMEOUT_S) -> tuple[int, bytes]:
+               timeout: float | None = None) -> tuple[int, bytes]:
     """One request through the wrapped app: (status, body); (504, b"") when it took too long."""
     # Ray gives each inner request an id of its own (x-request-id dropped).
     headers = [(k, v) for k, v in scope.get("headers", [])
@@ -81,16 +84,24 @@ async def call(app: App, scope: Scope, method: str, path: str, body: bytes = b""
         elif message.get("type") == "http.response.body":
             chunks.append(bytes(message.get("body", b"")))
 
+    task = asyncio.ensure_future(app(inner, receive, send))
     try:
-        await asyncio.wait_for(app(inner, receive, send), timeout)
-    except asyncio.TimeoutError:
-        return 504, b""
+        done, _ = await asyncio.wait({task}, timeout=MODEL_TIMEOUT_S if timeout is None else timeout)
+        if not done:
+            # Cut at the bound, the app ends its own way: Ray's proxy returns
+            # without an answer, the ingress replica behind HAProxy (direct
+            # ingress) raises from its middleware. Either is "no answer".
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return 504, b""
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
     finally:
         finished.set()
-    if status == 0:
-        # Cancelled at the bound, Ray's proxy returns without an answer
-        # (wait_for then hands back that return instead of raising).
-        return 504, b""
+    if task.exception() is not None or status == 0:
+        # Failed before the bound, without an answer of its own.
+        return 500, b"".join(chunks)
     return status, b"".join(chunks)
 
 
@@ -132,12 +143,19 @@ class ReadinessMiddleware:
             if message.get("type") != "http.request":
                 return
         if self._running is None or self._running.done():
-            self._running = asyncio.ensure_future(self.readiness(scope))
+            self._running = asyncio.ensure_future(self.checked(scope))
         status, obj = await asyncio.shield(self._running)
         body = json.dumps(obj, separators=(",", ":")).encode()
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def checked(self, scope: Scope) -> tuple[int, dict[str, Any]]:
+        """The check, whose own failure is an answer too: 503, never a bare 500."""
+        try:
+            return await self.readiness(scope)
+        except Exception as err:  # noqa: BLE001 - the probe must always get its JSON
+            return not_ready(f"the readiness check failed ({err.__class__.__name__})")
 
     async def readiness(self, scope: Scope) -> tuple[int, dict[str, Any]]:
         status, body = await call(self.app, scope, "GET", "/v1/models")

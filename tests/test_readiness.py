@@ -9,6 +9,9 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
+
+import readiness
 from readiness import ReadinessMiddleware
 
 
@@ -87,6 +90,50 @@ def test_probes_at_once_share_one_check() -> None:
     answers = probe(ReadinessMiddleware(proxy), count=5)
     assert all(status == 200 for status, _ in answers)
     assert proxy.calls.count(("/v1/models", None)) == 1 and len(proxy.calls) == 3
+
+
+class HangingModel(StandInProxy):
+    """A model that never answers (a frozen engine). Cut at the bound, the app
+    returns without an answer (Serve's proxy) or raises from its middleware
+    (the ingress replica behind Ray's HAProxy, Starlette's "No response
+    returned."); both must read as no answer."""
+
+    def __init__(self, models: dict[str, str], raises: bool) -> None:
+        super().__init__(models)
+        self.raises = raises
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        body = (await receive())["body"] if scope["method"] == "POST" else b""
+        if scope["path"] == "/v1/models" or json.loads(body).get("model") != "frozen":
+            status, answer = self.answer(scope["path"], json.loads(body).get("model") if body else None)
+            await send({"type": "http.response.start", "status": status, "headers": []})
+            await send({"type": "http.response.body", "body": json.dumps(answer).encode()})
+            return
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            if self.raises:
+                raise RuntimeError("No response returned.") from None
+            return
+
+
+@pytest.mark.parametrize("raises", [False, True], ids=["serve-proxy-returns", "direct-ingress-raises"])
+def test_a_model_that_never_answers_is_named_at_the_bound(monkeypatch: pytest.MonkeyPatch, raises: bool) -> None:
+    monkeypatch.setattr(readiness, "MODEL_TIMEOUT_S", 0.3)
+    [(status, body)] = probe(ReadinessMiddleware(HangingModel({"chat": "chat", "frozen": "chat"}, raises)))
+    assert status == 503 and body["error"]["code"] == "model_not_ready", body
+    assert body["error"]["message"].startswith("Not ready: model 'frozen': no answer within ")
+    assert "'chat'" not in body["error"]["message"]
+
+
+def test_a_check_that_fails_still_answers_in_json() -> None:
+    class Broken(StandInProxy):
+        async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+            raise RuntimeError("boom")
+
+    [(status, body)] = probe(ReadinessMiddleware(Broken({})))
+    assert status == 503 and body["error"]["code"] == "model_not_ready"
+    assert body["error"]["message"].startswith("Not ready: the model list is not available (HTTP 500")
 
 
 def test_other_requests_pass_through_untouched() -> None:

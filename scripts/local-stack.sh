@@ -89,8 +89,13 @@ stop_session() {
       wait_until 20 "$name to stop" session_empty "$pid" || true
     fi
   fi
-  # Stragglers that outlived their leader still carry the session id.
-  pkill -KILL -s "$pid" 2>/dev/null || true
+  # Stragglers that outlived their leader still carry the session id (Ray's
+  # HAProxy, for one): name them, kill them, and wait until they are gone.
+  if ! session_empty "$pid"; then
+    log_info "$name: killing what outlived it: $(pgrep -s "$pid" -l | tr '\n' ' ')"
+    pkill -KILL -s "$pid" 2>/dev/null || true
+    wait_until 20 "$name's leftovers to go" session_empty "$pid" || true
+  fi
   rm -f "$pid_file"
 }
 

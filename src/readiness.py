@@ -99,8 +99,8 @@ async def call(app: App, scope: Scope, method: str, path: str, body: bytes = b""
         raise
     finally:
         finished.set()
-    if task.exception() is not None or status == 0:
-        # Failed before the bound, without an answer of its own.
+    if task.cancelled() or task.exception() is not None or status == 0:
+        # Failed (or was cancelled inside the app) before the bound.
         return 500, b"".join(chunks)
     return status, b"".join(chunks)
 

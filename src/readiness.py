@@ -54,8 +54,7 @@ def is_probe(scope: Scope) -> bool:
     return any(k.lower() == READY_HEADER and v.strip().lower() == b"all" for k, v in scope.get("headers", []))
 
 
-async def call(app: App, scope: Scope, method: str, path: str, body: bytes = b"",
-               timeout: float | None = None) -> tuple[int, bytes]:
+async def call(app: App, scope: Scope, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
     """One request through the wrapped app: (status, body); (504, b"") when it took too long."""
     # Ray gives each inner request an id of its own (x-request-id dropped).
     headers = [(k, v) for k, v in scope.get("headers", [])
@@ -86,7 +85,7 @@ async def call(app: App, scope: Scope, method: str, path: str, body: bytes = b""
 
     task = asyncio.ensure_future(app(inner, receive, send))
     try:
-        done, _ = await asyncio.wait({task}, timeout=MODEL_TIMEOUT_S if timeout is None else timeout)
+        done, _ = await asyncio.wait({task}, timeout=MODEL_TIMEOUT_S)
         if not done:
             # Cut at the bound, the app ends its own way: Ray's proxy returns
             # without an answer, the ingress replica behind HAProxy (direct

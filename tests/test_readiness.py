@@ -19,7 +19,11 @@ class StandInProxy:
     """Answers /v1/models, /v1/completions and /v1/embeddings per model."""
 
     def __init__(self, models: dict[str, str], listing: int = 200, delay: float = 0.0) -> None:
-        self.models = models  # name -> "chat" | "embed" | "down"
+        # name -> "chat" | "embed" | "down" | "frozen" | "frozen-raises". A
+        # frozen model never answers; cut at the bound it returns without an
+        # answer (Serve's proxy) or raises from its middleware (the ingress
+        # replica behind Ray's HAProxy: Starlette's "No response returned.").
+        self.models = models
         self.listing = listing
         self.delay = delay
         self.calls: list[tuple[str, str | None]] = []
@@ -30,6 +34,13 @@ class StandInProxy:
             body = (await receive())["body"]
         model = json.loads(body).get("model") if body else None
         self.calls.append((scope["path"], model))
+        if scope["path"] != "/v1/models" and self.models[str(model)].startswith("frozen"):
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if self.models[str(model)] == "frozen-raises":
+                    raise RuntimeError("No response returned.") from None
+                return
         await asyncio.sleep(self.delay)
         status, answer = self.answer(scope["path"], model)
         await send({"type": "http.response.start", "status": status, "headers": []})
@@ -92,35 +103,10 @@ def test_probes_at_once_share_one_check() -> None:
     assert proxy.calls.count(("/v1/models", None)) == 1 and len(proxy.calls) == 3
 
 
-class HangingModel(StandInProxy):
-    """A model that never answers (a frozen engine). Cut at the bound, the app
-    returns without an answer (Serve's proxy) or raises from its middleware
-    (the ingress replica behind Ray's HAProxy, Starlette's "No response
-    returned."); both must read as no answer."""
-
-    def __init__(self, models: dict[str, str], raises: bool) -> None:
-        super().__init__(models)
-        self.raises = raises
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        body = (await receive())["body"] if scope["method"] == "POST" else b""
-        if scope["path"] == "/v1/models" or json.loads(body).get("model") != "frozen":
-            status, answer = self.answer(scope["path"], json.loads(body).get("model") if body else None)
-            await send({"type": "http.response.start", "status": status, "headers": []})
-            await send({"type": "http.response.body", "body": json.dumps(answer).encode()})
-            return
-        try:
-            await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            if self.raises:
-                raise RuntimeError("No response returned.") from None
-            return
-
-
-@pytest.mark.parametrize("raises", [False, True], ids=["serve-proxy-returns", "direct-ingress-raises"])
-def test_a_model_that_never_answers_is_named_at_the_bound(monkeypatch: pytest.MonkeyPatch, raises: bool) -> None:
+@pytest.mark.parametrize("kind", ["frozen", "frozen-raises"], ids=["serve-proxy-returns", "direct-ingress-raises"])
+def test_a_model_that_never_answers_is_named_at_the_bound(monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
     monkeypatch.setattr(readiness, "MODEL_TIMEOUT_S", 0.3)
-    [(status, body)] = probe(ReadinessMiddleware(HangingModel({"chat": "chat", "frozen": "chat"}, raises)))
+    [(status, body)] = probe(ReadinessMiddleware(StandInProxy({"chat": "chat", "frozen": kind})))
     assert status == 503 and body["error"]["code"] == "model_not_ready", body
     assert body["error"]["message"].startswith("Not ready: model 'frozen': no answer within ")
     assert "'chat'" not in body["error"]["message"]

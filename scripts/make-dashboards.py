@@ -10,7 +10,7 @@ command's venv after a Ray upgrade:
     .runtime/venv/bin/python scripts/make-dashboards.py          # rewrite
     .runtime/venv/bin/python scripts/make-dashboards.py --check  # exit 1 when stale
 
-tests/test_monitoring.py runs --check, so a Ray upgrade without a refresh fails.
+tests/unit/test_monitoring.py runs --check, so a Ray upgrade without a refresh fails.
 """
 
 from __future__ import annotations

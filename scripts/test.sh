@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
-# The whole test suite, on a fresh machine: installs what it needs, then runs
-# static checks, unit tests, the Compose stack on a real Docker engine, the
-# CPU end-to-end tests and the multi-node test.
+# The test suite, on a fresh machine: installs what it needs, then runs the
+# tiers of tests/ (tests/conftest.py says what each costs).
+#   scripts/test.sh               everything: tests/unit, then tests/integration
+#                                 (the Compose stack on a real Docker engine,
+#                                 the multi-node cluster, the local CPU stack,
+#                                 the air-gapped start); before you stop
+#   scripts/test.sh --quick       tests/unit only: static checks, lint, unit
+#                                 tests, Nginx against stand-in upstreams,
+#                                 Compose rendering; no model engine and no
+#                                 Docker engine; after every edit
+#   scripts/test.sh [--quick] ARGS  pytest arguments (paths, -k, -m) narrow the run
 # The Docker engine is a private dockerd (scripts/docker-engine.sh) installed
 # when missing, started here and stopped by PID at the end; base images are
 # local stand-ins (scripts/standin-images.sh). Images, build cache and
 # downloads are cached outside the clone ($RAY_LLM_CACHE_DIR, default
 # ~/.cache/ray-llm-serve), so a repeat run is fast.
-#   scripts/test.sh                 everything
-#   scripts/test.sh -m "not e2e"    any pytest arguments narrow the run
-# .ci/run calls exactly this.
+# .ci/run calls exactly this, with no arguments.
 set -Eeuo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -82,15 +88,26 @@ stop_engine() {
 
 main() {
   cd "$REPO_ROOT"
-  local start=$SECONDS
+  local start=$SECONDS quick=0
+  if [[ "${1:-}" == "--quick" ]]; then
+    quick=1
+    shift
+    # The unit tier unless the arguments name their own tests.
+    [[ " $* " == *" tests/"* ]] || set -- tests/unit "$@"
+  fi
   mkdir -p "$RUNTIME_DIR"
   rm -f "$RUNTIME_DIR/docker-timings.json"
   install_system_packages
   ensure_cpu_venv "$VENV"
-  trap stop_engine EXIT
-  # Before the venv goes on PATH: the stand-in builds use the machine's own
-  # python3 and its pip (the venv has no pip).
-  start_engine
+  if ((quick)); then
+    # `docker compose config` needs the docker CLI, never an engine.
+    command -v docker >/dev/null 2>&1 || "$REPO_ROOT/scripts/docker-engine.sh" install
+  else
+    trap stop_engine EXIT
+    # Before the venv goes on PATH: the stand-in builds use the machine's own
+    # python3 and its pip (the venv has no pip).
+    start_engine
+  fi
   export PATH="$VENV/bin:$PATH"
   install_compose_plugin
   log_info "setup took $((SECONDS - start))s; running pytest"

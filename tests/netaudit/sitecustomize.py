@@ -1,4 +1,4 @@
-"""Network audit for the offline test (tests/test_offline.py): on PYTHONPATH,
+"""Network audit for the offline test (tests/integration/offline/test_air_gapped.py): on PYTHONPATH,
 every Python process of the stack (deploy.py, Ray's workers, vLLM's engine)
 appends each outgoing connection attempt and each name lookup that is not
 loopback to the file named by NET_AUDIT_LOG. Python-level only: native code

@@ -1,0 +1,529 @@
+"""The README's main command for real: `docker compose up` of the cpu profile on
+a real Docker engine, through the repo's compose file and .env, with
+environment overrides only (the tiny model mounted through MODELS_DIR).
+
+The tests share one stack and run in file order; the last one takes it down.
+Timings go to .runtime/docker-timings.json (scripts/test.sh prints them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from readiness import MODEL_TIMEOUT_S
+from support import REPO_ROOT, TINY_MODEL_DIR, kill_if_stopped, make_tiny_model, process_gone
+from support.compose_stack import (
+    API_KEY,
+    DASH_PASSWORD,
+    HF_TOKEN,
+    MODEL,
+    NGINX,
+    RAY_TOKEN,
+    SERVE,
+    ComposeStack,
+    wait_for,
+)
+from support.fake_hub import FakeHub
+
+pytestmark = pytest.mark.docker
+
+TIMINGS = REPO_ROOT / ".runtime" / "docker-timings.json"
+PLANTED = {"OPENAI_API_KEY": API_KEY, "HF_TOKEN": HF_TOKEN, "RAY_AUTH_TOKEN": RAY_TOKEN,
+           "NGINX_DASHBOARD_PASSWORD": DASH_PASSWORD}
+timings: dict[str, float] = {}
+
+
+def record(name: str, seconds: float) -> None:
+    timings[name] = round(seconds, 1)
+    TIMINGS.parent.mkdir(parents=True, exist_ok=True)
+    TIMINGS.write_text(json.dumps(timings, indent=2) + "\n")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[ComposeStack]:
+    """Build, then `up -d --wait`; always `down --volumes` at the end, with logs on failure."""
+    make_tiny_model()
+    s = ComposeStack(tmp_path_factory.mktemp("compose"))
+    failed_before = request.session.testsfailed
+    try:
+        started = time.monotonic()
+        s.build = s.compose("build", timeout=1800)  # type: ignore[attr-defined]
+        record("build_s", time.monotonic() - started)
+        if s.build.returncode == 0:  # type: ignore[attr-defined]
+            s.up_started = datetime.now().astimezone()  # type: ignore[attr-defined]
+            started = time.monotonic()
+            s.up = s.compose("up", "-d", "--wait", timeout=1200)  # type: ignore[attr-defined]
+            record("up_wait_s", time.monotonic() - started)
+        yield s
+    finally:
+        if request.session.testsfailed > failed_before:
+            print("\n----- docker compose logs (tail) -----\n" + s.logs())
+        out = s.down()
+        assert out.returncode == 0, out.stderr
+        left = s.docker("ps", "-aq", "--filter", f"label=com.docker.compose.project={s.project}")
+        assert not left.stdout.split(), f"containers left behind: {left.stdout}"
+
+
+@pytest.fixture()
+def up(stack: ComposeStack) -> ComposeStack:
+    build = stack.build  # type: ignore[attr-defined]
+    assert build.returncode == 0, f"docker compose build failed:\n{build.stdout[-4000:]}{build.stderr[-4000:]}"
+    result = stack.up  # type: ignore[attr-defined]
+    assert result.returncode == 0, f"docker compose up -d --wait failed:\n{result.stderr[-3000:]}\n{stack.logs()}"
+    return stack
+
+
+def client(s: ComposeStack, key: str | None = API_KEY, timeout: float = 60) -> openai.OpenAI:
+    return openai.OpenAI(base_url=s.base_url + "/v1", api_key=key or "none", max_retries=0, timeout=timeout)
+
+
+def chat_ok(s: ComposeStack) -> bool:
+    try:
+        reply = client(s, timeout=15).chat.completions.create(model=MODEL, max_tokens=4,
+                                                  messages=[{"role": "user", "content": "hello"}])
+    except openai.OpenAIError:
+        return False
+    return bool(reply.choices)
+
+
+def docker_time(text: str) -> datetime:
+    """Docker's RFC 3339 times carry nanoseconds; Python takes microseconds."""
+    return datetime.fromisoformat(re.sub(r"(\.\d{6})\d*", r"\1", text.replace("Z", "+00:00")))
+
+
+# --- Build and start ----------------------------------------------------------------
+
+def test_images_build(up: ComposeStack) -> None:
+    """`docker compose build`: the CPU image (same Dockerfile, FLAVOR=cpu) and the nginx image."""
+    for image in ("ray-llm-serve:cpu-local", "ray-llm-nginx:local"):
+        assert up.docker("image", "inspect", image).returncode == 0, image
+    config = up.inspect("ray-llm-serve:cpu-local")["Config"]
+    assert config["User"] == "10001"
+    assert config["Entrypoint"] == ["/app/scripts/container-entrypoint.sh"]
+    # The build's extra CA (a build secret) never lands in the image.
+    history = up.docker("history", "--no-trunc", "ray-llm-serve:cpu-local").stdout
+    assert "BEGIN CERTIFICATE" not in history
+
+
+def test_serving_is_healthy_only_after_a_completion_and_nginx_starts_after(up: ComposeStack) -> None:
+    serve_id, nginx_id = up.container(SERVE), up.container(NGINX)
+    since = up.up_started.isoformat()  # type: ignore[attr-defined]
+    events = up.docker("events", "--since", since, "--until", datetime.now().astimezone().isoformat(),
+                       "--filter", f"container={serve_id}", "--format", "{{json .}}")
+    assert events.returncode == 0, events.stderr
+    lines = [json.loads(line) for line in events.stdout.splitlines()]
+    healthy = [e for e in lines if e.get("status") == "health_status: healthy"]
+    assert healthy, "no health_status: healthy event"
+    first_healthy = healthy[0]["timeNano"]
+    probes = [e for e in lines if e.get("status", "").startswith("exec_die") and e["timeNano"] < first_healthy]
+    failed = [e for e in probes if e["Actor"]["Attributes"].get("exitCode") != "0"]
+    # The engine takes far longer to load than the 5 s start interval: the
+    # probe (a 1-token completion) failed before it first succeeded.
+    assert failed, "the healthcheck never failed while the model was loading: it does not wait for a completion"
+    nginx_started = docker_time(up.inspect(nginx_id)["State"]["StartedAt"])
+    assert nginx_started.timestamp() * 1e9 >= first_healthy, "nginx started before the model server was healthy"
+
+
+def test_api_through_the_published_port(up: ComposeStack) -> None:
+    assert httpx.get(up.base_url + "/healthz", timeout=10).json() == {"status": "ok"}
+    assert httpx.get(up.base_url + "/readyz", timeout=30).json() == {"status": "ready"}
+    with pytest.raises(openai.AuthenticationError):
+        client(up, key=None).models.list()
+    assert [m.id for m in client(up).models.list().data] == [MODEL]
+    chunks: list[str] = []
+    finish = None
+    for chunk in client(up).chat.completions.create(
+            model=MODEL, stream=True, max_tokens=16, messages=[{"role": "user", "content": "Say hello"}]):
+        if chunk.choices:
+            chunks.append(chunk.choices[0].delta.content or "")
+            finish = chunk.choices[0].finish_reason or finish
+    assert len(chunks) >= 2 and finish in ("length", "stop")
+
+
+def test_errors_in_openai_shape_inside_compose(up: ComposeStack) -> None:
+    """The proxy middleware (openai_errors) runs in the container as on the host."""
+    with pytest.raises(openai.NotFoundError) as err:
+        client(up).chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}])
+    assert err.value.body["code"] == "model_not_found" and "no-such-model" in err.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as err:
+        client(up).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=0)
+    assert err.value.body["param"] == "max_tokens" and "Internal exception" not in err.value.body["message"]
+    r = httpx.get(up.base_url + "/v1/chat/completions", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30)
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed", r.text
+
+
+def prometheus_query(s: ComposeStack, query: str) -> float:
+    body = httpx.get(f"http://127.0.0.1:{s.prometheus_port}/api/v1/query", params={"query": query}, timeout=10).json()
+    result = body["data"]["result"]
+    return float(result[0]["value"][1]) if result else -1.0
+
+
+def test_monitoring_profile_scrapes_ray_vllm_and_nginx_inside_compose(up: ComposeStack) -> None:
+    """Profile monitoring beside cpu: Prometheus and the Nginx exporter (local
+    stand-ins of their images) scrape the running stack over the Compose
+    network, with the configuration Compose renders."""
+    services = ("prometheus", "nginx-exporter")
+    try:
+        out = up.compose("--profile", "cpu", "--profile", "monitoring", "up", "-d", "--wait", *services, timeout=600)
+        assert out.returncode == 0, out.stderr + up.logs()
+        assert up.health(SERVE) == "healthy", "adding the profile must not recreate the model server"
+
+        def all_up() -> bool:
+            try:
+                return all(prometheus_query(up, f'up{{job="{job}"}}') == 1 for job in ("ray", "nginx"))
+            except (httpx.HTTPError, KeyError, ValueError):
+                return False
+
+        wait_for("Prometheus' ray and nginx targets up", all_up, timeout=120)
+        query = "sum(ray_vllm_generation_tokens_total)"
+        wait_for("vLLM's token counter in Prometheus", lambda: prometheus_query(up, query) >= 0, timeout=120)
+        before = prometheus_query(up, query)
+        reply = client(up).completions.create(model=MODEL, prompt="one two", max_tokens=10,
+                                              extra_body={"ignore_eos": True})
+        assert reply.usage is not None and reply.usage.completion_tokens == 10
+        wait_for(f"{query} to grow by 10 from {before}", lambda: prometheus_query(up, query) >= before + 10,
+                 timeout=120)
+        assert prometheus_query(up, 'sum(nginx_http_requests_total{job="nginx"})') >= 1
+    finally:
+        up.compose("--profile", "cpu", "--profile", "monitoring", "rm", "--stop", "--force", *services, timeout=120)
+        up.docker("volume", "rm", "-f", f"{up.project}_prometheus-data")
+
+
+def test_tunnel_refuses_to_start_without_an_api_key_inside_compose(up: ComposeStack, tmp_path: Path) -> None:
+    """tunnel-secret in the project's nginx image, with .secrets mounted as in
+    production: an empty OPENAI_API_KEY stops it (and so cloudflared)."""
+    secrets = tmp_path / "secrets"
+    secrets.write_text("OPENAI_API_KEY=\nCLOUDFLARE_TUNNEL_TOKEN=eyJ0dW5uZWwiOiJ0ZXN0In0\n")
+    secrets.chmod(0o600)
+    env = {**up.env(), "SECRETS_FILE": str(secrets)}
+    try:
+        out = subprocess.run(["docker", "compose", "--profile", "cpu", "--profile", "tunnel", "run", "--rm", "--no-deps", "-T",
+                              "tunnel-secret"], cwd=REPO_ROOT, env=env, text=True, capture_output=True,
+                             timeout=300, check=False)
+        assert out.returncode != 0, out.stdout + out.stderr
+        said = out.stdout + out.stderr  # compose run -T: the container's stderr may come on either
+        assert "OPENAI_API_KEY is empty" in said and "eyJ0" not in said, said
+    finally:
+        up.docker("volume", "rm", "-f", f"{up.project}_tunnel-secret")
+
+
+def test_ray_ports_are_published_on_loopback_only(up: ComposeStack) -> None:
+    ports = up.inspect(up.container(SERVE))["NetworkSettings"]["Ports"]
+    bound = [b for bindings in ports.values() if bindings for b in bindings]
+    assert {int(b["HostPort"]) for b in bound} == {up.api_port, up.dashboard_port}
+    assert {b["HostIp"] for b in bound} == {"127.0.0.1"}
+
+
+def test_serving_processes_run_as_the_non_root_user(up: ComposeStack) -> None:
+    serve_id = up.container(SERVE)
+    top = up.docker("top", serve_id, "-eo", "uid,pid,comm")
+    assert top.returncode == 0, top.stderr
+    rows = [line.split(None, 2) for line in top.stdout.splitlines()[1:]]
+    assert len(rows) > 5 and {uid for uid, _, _ in rows} == {"10001"}, top.stdout
+    # PID 1 of the container is tini, as the app user.
+    pid1 = up.docker("exec", serve_id, "cat", "/proc/1/comm").stdout.strip()
+    assert pid1 == "tini"
+    # The fresh cache volume is the app user's: vLLM wrote its cache there.
+    probe = up.docker("exec", "-u", "10001", serve_id, "sh", "-c",
+                      "touch /cache/.write-probe && rm /cache/.write-probe && stat -c %U /cache /cache/vllm && "
+                      "find /cache/vllm -type f | head -n 1")
+    assert probe.returncode == 0, probe.stderr
+    owners, first_file = probe.stdout.splitlines()[:2], probe.stdout.splitlines()[2:]
+    assert owners == ["ray", "ray"] and first_file, probe.stdout
+
+
+def test_nginx_root_is_read_only(up: ComposeStack) -> None:
+    nginx_id = up.container(NGINX)
+    host_config = up.inspect(nginx_id)["HostConfig"]
+    assert host_config["ReadonlyRootfs"] is True and host_config["CapDrop"] == ["ALL"]
+    write = up.docker("exec", nginx_id, "touch", "/etc/nginx/probe")
+    assert write.returncode != 0 and "Read-only file system" in write.stderr
+    # Rendered at start by render.sh into the tmpfs.
+    listing = up.docker("exec", nginx_id, "ls", "/etc/nginx/conf.d")
+    assert "nginx.conf" in listing.stdout.split()
+
+
+def test_models_dir_is_mounted_read_only_and_serves_the_model(up: ComposeStack) -> None:
+    """MODELS_DIR at /models, read-only, with MODEL_SOURCE=/models/<folder> (the offline layout)."""
+    serve_id = up.container(SERVE)
+    mounts = {m["Destination"]: m for m in up.inspect(serve_id)["Mounts"]}
+    assert mounts["/models"]["RW"] is False and mounts["/models"]["Source"] == str(TINY_MODEL_DIR.parent)
+    write = up.docker("exec", serve_id, "touch", f"/models/{TINY_MODEL_DIR.name}/probe")
+    assert write.returncode != 0 and "Read-only file system" in write.stderr
+    assert up.compose("exec", "-T", SERVE, "printenv", "MODEL_SOURCE", "HF_HUB_OFFLINE").stdout.split() == [
+        f"/models/{TINY_MODEL_DIR.name}", "1"]
+    assert [m.id for m in client(up).models.list().data] == [MODEL]
+
+
+def test_models_file_is_read_inside_the_container(up: ComposeStack) -> None:
+    """MODELS_FILE from .env reaches deploy.py in the image (the Compose config
+    mount), and is validated there by Ray's and vLLM's own models (--dry-run)."""
+    models = up.work_dir / "dry-run-models.yaml"
+    source = f"/models/{TINY_MODEL_DIR.name}"
+    models.write_text(f"models:\n  - {{MODEL_ID: tiny-llama, SERVED_MODEL_NAME: one, MODEL_SOURCE: {source}}}\n"
+                      f"  - {{MODEL_ID: tiny-llama, SERVED_MODEL_NAME: two, MODEL_SOURCE: {source},"
+                      " ENGINE_KWARGS: {enable_prefix_caching: false}}\n")
+    env = {**up.env(), "MODELS_FILE": str(models), "CPU_MODEL_ID": "", "SERVED_MODEL_NAME": "", "MODEL_SOURCE": ""}
+
+    def dry_run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["docker", "compose", "run", "--rm", "--no-deps", "-T", SERVE, "python",
+                               "/app/src/deploy.py", "--dry-run"], cwd=REPO_ROOT, env=env, text=True,
+                              capture_output=True, timeout=300, check=False)
+
+    out = dry_run()
+    assert out.returncode == 0, out.stdout + out.stderr
+    configs = json.loads(out.stdout)["serving_args"]["llm_configs"]
+    assert [(c["model_loading_config"]["model_id"], c["model_loading_config"]["model_source"]) for c in configs] == [
+        ("one", source), ("two", source)]
+    models.write_text(models.read_text().replace("SERVED_MODEL_NAME: two", "SERVED_MODEL_NAME: one"))
+    refused = dry_run()
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "MODELS_FILE entries 1 and 2 are both served as 'one'" in refused.stderr
+
+
+def test_download_model_fills_the_cache_volume(up: ComposeStack) -> None:
+    """scripts/download-model.sh without --dest: in the image (docker compose run),
+    into the model-cache volume, from a stand-in Hub (tests/support/fake_hub.py) that
+    listens on the project network's gateway, our own address in 198.19.0.0/16."""
+    network = up.docker("network", "inspect", f"{up.project}_llm", "--format",
+                        "{{(index .IPAM.Config 0).Gateway}}")
+    gateway = network.stdout.strip()
+    assert network.returncode == 0 and gateway.startswith("198.19."), network.stdout + network.stderr
+    hub = FakeHub({"local-test/tiny-llama": TINY_MODEL_DIR})
+    url = hub.start(host=gateway)
+    try:
+        env = {**up.env(), "HF_ENDPOINT": url, "HF_HUB_OFFLINE": "", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+        done = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "download-model.sh"), "--model",
+                               "local-test/tiny-llama"], cwd=REPO_ROOT, env=env, text=True, capture_output=True,
+                              timeout=300, check=False)
+    finally:
+        hub.stop()
+    assert done.returncode == 0, done.stdout + done.stderr
+    snapshot = f"/cache/huggingface/hub/models--local-test--tiny-llama/snapshots/{FakeHub.commit('local-test/tiny-llama')}"
+    assert done.stdout.strip().splitlines()[-1] == snapshot
+    assert HF_TOKEN not in done.stdout + done.stderr
+    # The token from .secrets (the Compose secret) went with the requests.
+    assert {r.authorization for r in hub.requests if "local-test" in r.path} == {f"Bearer {HF_TOKEN}"}
+    listing = up.compose("exec", "-T", SERVE, "ls", snapshot)
+    expected = sorted(p.name for p in TINY_MODEL_DIR.iterdir() if p.is_file() and not p.name.startswith("."))
+    assert sorted(listing.stdout.split()) == expected, listing.stdout + listing.stderr
+
+
+def test_no_secret_in_docker_inspect(up: ComposeStack) -> None:
+    """Every container and image of the project: no planted secret value."""
+    ids = up.compose("ps", "-aq").stdout.split()
+    assert len(ids) == 2
+    inspected = up.docker("inspect", *ids, "ray-llm-serve:cpu-local", "ray-llm-nginx:local")
+    assert inspected.returncode == 0, inspected.stderr
+    for name, value in PLANTED.items():
+        assert value not in inspected.stdout, f"{name} is in docker inspect"
+    # ...yet they were used: the key gates the API, the dashboard takes its password.
+    assert chat_ok(up)
+    dash = httpx.get(up.base_url + "/dashboard/api/version", auth=("admin", DASH_PASSWORD), timeout=30)
+    assert dash.status_code == 200, dash.text
+
+
+KILL_DEPLOY_PY = """
+import os, signal
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\\0")
+    if int(pid) != os.getpid() and argv[0].endswith(b"python") and b"/app/src/deploy.py" in argv:
+        os.kill(int(pid), signal.SIGKILL)
+        print(pid)
+"""
+
+
+def test_killed_model_server_is_restarted_by_the_restart_policy(up: ComposeStack) -> None:
+    serve_id = up.container(SERVE)
+    restarts = up.inspect(serve_id)["RestartCount"]
+    started = time.monotonic()
+    # The image has no pkill: find deploy.py's Python process in /proc.
+    kill = up.docker("exec", serve_id, "python", "-c", KILL_DEPLOY_PY)
+    assert kill.returncode == 0 and kill.stdout.strip(), kill.stdout + kill.stderr
+    wait_for("a restart", lambda: up.inspect(serve_id)["RestartCount"] > restarts, timeout=120, interval=1)
+    wait_for("healthy again", lambda: up.health(SERVE) == "healthy", timeout=900, interval=3)
+    wait_for("a completion through nginx", lambda: chat_ok(up), timeout=120)
+    record("kill_to_serving_s", time.monotonic() - started)
+
+
+def engine_pids(s: ComposeStack) -> list[int]:
+    """Host PIDs of the vLLM engine processes in the model server container."""
+    top = s.docker("top", s.container(SERVE), "-eo", "pid,args")
+    return [int(line.split(None, 1)[0]) for line in top.stdout.splitlines()[1:] if "EngineCore" in line]
+
+
+def test_frozen_engine_in_the_container_is_replaced(up: ComposeStack) -> None:
+    """The hang watchdog in Compose: SIGSTOP the engine inside the container; it
+    is killed (never resumed) and the API answers again with no human step."""
+    pids = engine_pids(up)
+    assert pids, "no EngineCore process in the container"
+    started = time.monotonic()
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_for("a completion through nginx after the freeze", lambda: chat_ok(up), timeout=600, interval=3)
+        record("freeze_to_serving_s", time.monotonic() - started)
+        assert all(process_gone(pid) for pid in pids), "the frozen engine was not killed"
+        logs = up.compose("logs", "--no-color", SERVE, timeout=60).stdout
+        assert "watchdog: FIRED" in logs
+    finally:
+        kill_if_stopped(pids)
+
+
+SECOND_MODEL = "tiny-two"
+
+
+def test_recreated_model_server_serves_two_models_and_nginx_follows(up: ComposeStack) -> None:
+    """What a user does to add a model: set MODELS_FILE in .env, then
+    `docker compose up -d`. The model server is recreated (a new container,
+    a new address) with two engines; the same Nginx, never restarted, finds it
+    and addresses each model by name; the healthcheck and /readyz ask both."""
+    nginx_id = up.container(NGINX)
+    before = up.inspect(nginx_id)["State"]
+    old_serve = up.container(SERVE)
+    models = up.work_dir / "two-models.yaml"
+    source = f"/models/{TINY_MODEL_DIR.name}"
+    models.write_text(f"models:\n  - {{MODEL_ID: tiny-llama, SERVED_MODEL_NAME: {MODEL}, MODEL_SOURCE: {source}}}\n"
+                      f"  - {{MODEL_ID: tiny-llama, SERVED_MODEL_NAME: {SECOND_MODEL}, MODEL_SOURCE: {source},"
+                      " MAX_NUM_SEQS: 4, MAX_MODEL_LEN: 512}\n")
+    # The single-model variables emptied, as .env must have them beside MODELS_FILE.
+    up.extra_env.update(MODELS_FILE=str(models), CPU_MODEL_ID="", SERVED_MODEL_NAME="", MODEL_SOURCE="",
+                        # Longer than the next test's freeze (readiness, not the watchdog, is tested there).
+                        WATCHDOG_TIMEOUT="90")
+    started = time.monotonic()
+    out = up.compose("up", "-d", "--wait", timeout=1200)  # the user's command; Compose sees the change
+    assert out.returncode == 0, out.stderr + up.logs()
+    assert up.container(SERVE) != old_serve, "a changed MODELS_FILE must recreate the model server"
+    wait_for("a completion through nginx", lambda: chat_ok(up), timeout=120)
+    record("recreate_two_models_to_serving_s", time.monotonic() - started)
+    after = up.inspect(nginx_id)["State"]
+    assert up.container(NGINX) == nginx_id
+    assert (after["StartedAt"], after["Running"]) == (before["StartedAt"], True)
+    assert up.inspect(nginx_id)["RestartCount"] == 0
+    c = client(up, timeout=120)
+    assert sorted(m.id for m in c.models.list().data) == sorted([MODEL, SECOND_MODEL])
+    for name in (MODEL, SECOND_MODEL):
+        reply = c.chat.completions.create(model=name, max_tokens=4, messages=[{"role": "user", "content": "hi"}])
+        assert reply.model == name and reply.usage is not None and reply.usage.completion_tokens >= 1
+    # Each entry's own engine settings: only the second is limited to 512 tokens.
+    with pytest.raises(openai.BadRequestError) as refused:
+        c.completions.create(model=SECOND_MODEL, prompt="word " * 400, max_tokens=1)
+    assert refused.value.code == "context_length_exceeded", refused.value.body
+    assert httpx.get(up.base_url + "/readyz", timeout=30).json() == {"status": "ready"}
+    assert len(engine_pids(up)) == 2, "expected one engine per model in the container"
+
+
+READY_HEADER = {"X-Ray-LLM-Ready": "all"}
+
+
+def engine_of(s: ComposeStack, name: str) -> int:
+    """Host PID of the vLLM engine serving model NAME (a child of its replica)."""
+    for pid in engine_pids(s):
+        parent = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+        if f"LLMServer:{name}" in Path(f"/proc/{parent}/cmdline").read_text():
+            return pid
+    raise AssertionError(f"no EngineCore process found for {name}")
+
+
+def healthcheck(s: ComposeStack) -> subprocess.CompletedProcess[str]:
+    """The container's own healthcheck command, run now."""
+    return s.docker("exec", s.container(SERVE), "/app/scripts/container-entrypoint.sh", "python",
+                    "/app/src/healthcheck.py", timeout=120)
+
+
+def ray_probe(s: ComposeStack, timeout: float = 60) -> httpx.Response:
+    """The healthcheck's request to Ray Serve's published loopback port, for its JSON."""
+    return httpx.post(f"http://127.0.0.1:{s.api_port}/v1/completions", json={"prompt": "ping", "max_tokens": 1},
+                      headers=READY_HEADER, timeout=timeout)
+
+
+def test_readiness_names_the_model_that_does_not_answer(up: ComposeStack) -> None:
+    """/readyz and the healthcheck ask every model of MODELS_FILE: one engine is
+    frozen for a moment (SIGSTOP, then SIGCONT well inside WATCHDOG_TIMEOUT)
+    and both name it, while the other model still answers by name."""
+    names = (MODEL, SECOND_MODEL)
+    probe = ray_probe(up)
+    assert probe.status_code == 200, probe.text
+    assert probe.json() == {"status": "ready", "models": {name: "ready" for name in names}}
+    assert healthcheck(up).returncode == 0
+    # The header is the readiness probe's only: Nginx drops it from clients'
+    # requests, which stay completions (here: no model named, two served).
+    r = httpx.post(up.base_url + "/v1/completions", json={"prompt": "ping", "max_tokens": 1},
+                   headers={"Authorization": f"Bearer {API_KEY}", **READY_HEADER}, timeout=30)
+    assert r.status_code == 400 and "status" not in r.json(), r.text
+    frozen = engine_of(up, SECOND_MODEL)
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        nginx = httpx.get(up.base_url + "/readyz", timeout=30)
+        assert nginx.status_code == 503 and nginx.json()["error"]["code"] == "model_not_ready", nginx.text
+        assert time.monotonic() - t0 < 10
+        client(up).completions.create(model=MODEL, prompt="hello", max_tokens=2)
+        # The healthcheck waits MODEL_TIMEOUT_S for each model, then names the one missing.
+        check = healthcheck(up)
+    finally:
+        os.kill(frozen, signal.SIGCONT)
+    assert check.returncode == 1, check.stdout + check.stderr
+    assert f"model {SECOND_MODEL!r}: no answer within {MODEL_TIMEOUT_S:.0f}s" in check.stderr, check.stderr
+    assert f"model {MODEL!r}" not in check.stderr
+    wait_for("both models ready again", lambda: ray_probe(up).status_code == 200, timeout=60, interval=1)
+    assert ray_probe(up).json()["models"] == {name: "ready" for name in names}
+    assert healthcheck(up).returncode == 0
+    assert engine_of(up, SECOND_MODEL) == frozen, "resumed inside WATCHDOG_TIMEOUT: the engine must not be replaced"
+
+
+def test_stream_in_flight_completes_during_compose_down(up: ComposeStack) -> None:
+    """SIGQUIT to nginx, SIGTERM to deploy.py through tini and uv run: the
+    stream in flight finishes within SERVE_STOP_GRACE_PERIOD."""
+    result: dict[str, Any] = {}
+    first_token = threading.Event()
+
+    def stream() -> None:
+        tokens = 0
+        try:
+            for chunk in client(up).chat.completions.create(
+                    model=MODEL, stream=True, max_tokens=1500, extra_body={"ignore_eos": True},
+                    stream_options={"include_usage": True}, messages=[{"role": "user", "content": "go"}]):
+                if chunk.choices and chunk.choices[0].delta.content:
+                    tokens += 1
+                    first_token.set()
+                if chunk.choices and chunk.choices[0].finish_reason:
+                    result["finish"] = chunk.choices[0].finish_reason
+                if chunk.usage:
+                    result["completion_tokens"] = chunk.usage.completion_tokens
+        except Exception as err:  # noqa: BLE001 - reported below
+            result["error"] = repr(err)
+        finally:
+            result["chunks"] = tokens
+            first_token.set()
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    assert first_token.wait(120), "the stream never started"
+    assert "error" not in result, result
+    # `down` removes the containers: follow the model server's log meanwhile.
+    follow = subprocess.Popen(["docker", "logs", "-f", "--since", "1s", up.container(SERVE)], env=up.env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    started = time.monotonic()
+    down = up.compose("down", "--timeout", "60", timeout=300)
+    stop_s = time.monotonic() - started
+    thread.join(120)
+    serve_log, _ = follow.communicate(timeout=60)
+    record("compose_down_with_stream_s", stop_s)
+    assert down.returncode == 0, down.stderr
+    assert result.get("finish") == "length" and result.get("completion_tokens") == 1500, result
+    assert "deploy.py: SIGTERM: draining" in serve_log and "deploy.py: stopped cleanly" in serve_log, serve_log[-3000:]

@@ -1,0 +1,36 @@
+"""scripts/bench.sh --url against the shared local stack: the same workload
+users run against their GPU box, as a short run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from support import REPO_ROOT
+from support.local_stack import API_KEY, MODEL, LocalStack
+
+pytestmark = [pytest.mark.e2e]
+
+
+def test_url_mode_against_the_local_stack(stack: LocalStack) -> None:
+    """The same workload users run against their GPU box, here on the session's stack."""
+    out = subprocess.run(
+        ["bash", str(REPO_ROOT / "scripts" / "bench.sh"), "--url", stack.base_url + "/v1", "--api-key", API_KEY,
+         "--concurrency", "3", "--c1-requests", "2", "--c16-requests", "3", "--max-tokens", "8", "--warmup", "1",
+         "--prompt-words", "20"],
+        text=True, capture_output=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert "| --url | 1 |" in out.stdout and "| --url | 3 |" in out.stdout
+    rows = {r["concurrency"]: r for r in result["rows"]}
+    assert set(rows) == {1, 3} and rows[1]["requests"] == 2 and rows[3]["requests"] == 3
+    for row in rows.values():
+        assert row["errors"] == 0, out.stderr[-2000:]
+        assert row["output_tok_s"] > 0 and row["ttft_p50_ms"] > 0 and row["itl_p50_ms"] > 0
+    assert f"model '{MODEL}'" in out.stderr  # found through /v1/models
+    # No bare vLLM in this mode, so no ratios.
+    assert result["throughput_ratio_c16"] is None and result["settings"]["url"] == stack.base_url + "/v1"
+    assert API_KEY not in out.stdout + out.stderr

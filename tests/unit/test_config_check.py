@@ -1,0 +1,93 @@
+"""src/config_check.py: deploy.py builds Ray's real LLMConfig objects and checks
+ENGINE_KWARGS against vLLM's engine arguments before anything starts.
+
+The checks run the real Ray Serve LLM and vLLM (CPU build) of the test venv;
+each `deploy.py --dry-run` here takes about 6 s on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from config_check import engine_kwargs_problems
+from support import REPO_ROOT, clean_env
+
+
+def dry_run(**environ: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(REPO_ROOT / "src" / "deploy.py"), "--dry-run"],
+                          env=clean_env(**environ), text=True, capture_output=True, timeout=120, check=False)
+
+
+def test_closest_valid_name_is_suggested() -> None:
+    valid = {"max_num_batched_tokens", "enforce_eager", "max_model_len"}
+    problems = engine_kwargs_problems({"max_num_batched_token": 1, "enforce_eager": True, "zzz": 1}, valid)
+    assert len(problems) == 2
+    assert "'max_num_batched_token'" in problems[0] and "did you mean 'max_num_batched_tokens'?" in problems[0]
+    assert "'zzz'" in problems[1] and "did you mean" not in problems[1]
+    assert engine_kwargs_problems({}, valid) == []
+
+
+def test_engine_kwargs_typo_is_a_configuration_error() -> None:
+    out = dry_run(ENGINE_KWARGS='{"max_num_batched_token": 4096, "enable_prefix_caching": false}')
+    assert out.returncode == 2, out.stderr
+    assert "configuration error, nothing was started" in out.stderr
+    assert "ENGINE_KWARGS key 'max_num_batched_token' is not a vLLM engine argument" in out.stderr
+    assert "did you mean 'max_num_batched_tokens'?" in out.stderr
+    assert "enable_prefix_caching" not in out.stderr  # a real engine argument passes
+    assert out.stdout == ""
+
+
+def test_valid_engine_kwargs_reach_the_checked_config() -> None:
+    out = dry_run(ENGINE_KWARGS='{"max_num_batched_tokens": 4096, "enforce_eager": true}')
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    kwargs = data["serving_args"]["llm_configs"][0]["engine_kwargs"]
+    assert kwargs["max_num_batched_tokens"] == 4096 and kwargs["enforce_eager"] is True
+    assert "checked with Ray Serve LLM's LLMConfig and vLLM's engine arguments" in out.stderr
+
+
+def test_ray_rejection_names_our_variable() -> None:
+    """settings.py cannot know Ray's accelerator list; Ray's own LLMConfig model does."""
+    out = dry_run(ACCELERATOR_TYPE="NOT-A-GPU")
+    assert out.returncode == 2, out.stderr
+    assert "ACCELERATOR_TYPE: Ray Serve LLM rejected accelerator_type" in out.stderr
+    assert "NOT-A-GPU" in out.stderr and out.stdout == ""
+
+
+@pytest.mark.parametrize("device", ["gpu", "cpu"])
+def test_default_configuration_passes_rays_model(device: str) -> None:
+    out = dry_run(DEVICE=device)
+    assert out.returncode == 0, out.stderr
+    assert "configuration checked with Ray Serve LLM's LLMConfig in" in out.stderr
+    json.loads(out.stdout)  # stdout is the JSON alone, vLLM's import logs go to stderr
+
+
+def test_pure_modules_import_without_ray_or_vllm() -> None:
+    code = ("import sys; import settings, llm_config, config_check, openai_errors, engine_watchdog; "
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'vllm', 'torch')); "
+            "print(heavy); sys.exit(1 if heavy else 0)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT / "src", env=clean_env(), text=True,
+                         capture_output=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_bad_variable_fails_before_ray_is_imported() -> None:
+    """The fast path: a bad setting is refused without the 5 s import."""
+    out = dry_run(MAX_NUM_SEQS="lots")
+    assert out.returncode == 2 and "MAX_NUM_SEQS='lots'" in out.stderr
+    assert "configuration checked" not in out.stderr and "Triton" not in out.stderr
+
+
+def test_direct_streaming_lever_builds_without_an_ingress_config() -> None:
+    """build_openai_app refuses ingress_deployment_config with direct streaming (alpha lever)."""
+    out = dry_run(DEVICE="cpu", RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING="1", STREAM_BATCHING_INTERVAL_MS="0")
+    assert out.returncode == 0, out.stderr
+    args = json.loads(out.stdout)["serving_args"]
+    assert "ingress_deployment_config" not in args
+    assert args["llm_configs"][0]["experimental_configs"] == {"stream_batching_interval_ms": 0}
+    bad = dry_run(RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING="yes")
+    assert bad.returncode == 2 and "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING='yes'" in bad.stderr

@@ -1,0 +1,123 @@
+"""Every variable the product reads is documented, and every documented one is read."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from support import REPO_ROOT
+from settings import HF_TOKEN_NAMES, VARIABLES
+
+ASSIGNMENT = re.compile(r"^([A-Z][A-Z0-9_]*)=(.*)$")
+BRACED = re.compile(r"\$\{([A-Z][A-Z0-9_]*)")
+ANY_REF = re.compile(r"\$\{?([A-Z][A-Z0-9_]*)")
+# Read by Compose itself from the root .env.
+COMPOSE_NATIVE = {"COMPOSE_FILE", "COMPOSE_PROFILES", "COMPOSE_PROJECT_NAME"}
+# The official nginx image's own settings (set by its entrypoint, or by
+# scripts/render-nginx.sh when it mirrors that entrypoint): upstream names.
+NGINX_IMAGE_NATIVE = {"NGINX_ENVSUBST_OUTPUT_DIR", "NGINX_ENVSUBST_TEMPLATE_DIR"}
+# Upstream settings read by the libraries themselves: they reach NCCL and
+# torch.distributed in the vLLM workers through the containers' env_file.
+UPSTREAM_PREFIXES = ("NCCL_", "GLOO_")
+ENVSH = REPO_ROOT / "docker" / "nginx" / "entrypoint.d" / "05-ray-llm.envsh"
+TEMPLATES = sorted((REPO_ROOT / "docker" / "nginx" / "templates").glob("*.template"))
+
+
+def documented(path: Path) -> dict[str, str]:
+    return {m.group(1): m.group(2) for line in path.read_text().splitlines() if (m := ASSIGNMENT.match(line))}
+
+
+def derived_by_envsh() -> set[str]:
+    """Variables the Nginx entrypoint computes (not user settings)."""
+    names: set[str] = set()
+    for exported in re.findall(r"^\s*export\s+([A-Z][A-Z0-9_ ]*)$", ENVSH.read_text(), re.M):
+        names |= set(exported.split())
+    return names
+
+
+def read_by_compose() -> set[str]:
+    return set(BRACED.findall((REPO_ROOT / "docker" / "docker-compose.yml").read_text())) | COMPOSE_NATIVE
+
+
+def read_by_secret_files() -> set[str]:
+    """Names the *-secret services (docker/nginx/secret-file.sh) take from .secrets:
+    NAME DEST OWNER [REQUIRED...] in their command."""
+    compose = yaml.safe_load((REPO_ROOT / "docker" / "docker-compose.yml").read_text())
+    names: set[str] = set()
+    for service in compose["services"].values():
+        if str(service.get("entrypoint", [""])[0]).endswith("/secret-file.sh"):
+            command = service["command"]
+            names |= {command[0], *command[3:]}
+    return names
+
+
+def read_by_nginx() -> set[str]:
+    names = set()
+    for template in TEMPLATES:
+        names |= set(BRACED.findall(template.read_text()))
+    names |= set(ANY_REF.findall(ENVSH.read_text()))
+    return names - derived_by_envsh() - NGINX_IMAGE_NATIVE
+
+
+def read_by_deploy() -> set[str]:
+    return {v.name for v in VARIABLES} | set(HF_TOKEN_NAMES)
+
+
+def read_by_scripts() -> set[str]:
+    names: set[str] = set()
+    for script in [*REPO_ROOT.glob("scripts/*.sh"), *REPO_ROOT.glob("docker/**/*.sh")]:
+        names |= set(ANY_REF.findall(script.read_text()))
+    return names
+
+
+def all_documented() -> set[str]:
+    return set(documented(REPO_ROOT / ".env")) | set(documented(REPO_ROOT / ".secrets.example"))
+
+
+def test_everything_read_is_documented() -> None:
+    docs = all_documented()
+    secrets_text = (REPO_ROOT / ".secrets.example").read_text()
+    for source, names in (("docker-compose.yml", read_by_compose()), ("nginx template/entrypoint", read_by_nginx()),
+                          ("deploy.py", read_by_deploy())):
+        # Older HF token names are documented in the .secrets.example comment.
+        missing = sorted(n for n in names - docs if n not in secrets_text)
+        assert not missing, f"{source} reads undocumented variables: {missing}"
+
+
+def test_everything_documented_is_read() -> None:
+    read = read_by_compose() | read_by_nginx() | read_by_deploy() | read_by_scripts() | read_by_secret_files()
+    unused = sorted(n for n in all_documented() - read if not n.startswith(UPSTREAM_PREFIXES))
+    assert not unused, f"documented but never read: {unused}"
+
+
+def test_every_env_variable_has_a_comment() -> None:
+    lines = (REPO_ROOT / ".env").read_text().splitlines()
+    for i, line in enumerate(lines):
+        if ASSIGNMENT.match(line):
+            assert i > 0 and lines[i - 1].startswith("#"), f".env line {i + 1} ({line}) has no comment above it"
+
+
+def test_env_holds_no_secrets_and_example_is_empty() -> None:
+    env = documented(REPO_ROOT / ".env")
+    assert not {"HF_TOKEN", "OPENAI_API_KEY"} & set(env)
+    example = documented(REPO_ROOT / ".secrets.example")
+    assert set(example) == {"HF_TOKEN", "OPENAI_API_KEY", "RAY_AUTH_TOKEN", "NGINX_DASHBOARD_USER",
+                            "NGINX_DASHBOARD_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "CLOUDFLARE_TUNNEL_TOKEN"}
+    assert all(value == "" for value in example.values())
+
+
+def test_secrets_and_runtime_files_are_ignored() -> None:
+    gitignore = (REPO_ROOT / ".gitignore").read_text().splitlines()
+    dockerignore = (REPO_ROOT / ".dockerignore").read_text().splitlines()
+    for entry in (".secrets", ".runtime/", ".venv/", "__pycache__/"):
+        assert entry in gitignore, entry
+    for entry in (".secrets", ".runtime/", ".venv/", ".env"):
+        assert entry in dockerignore, entry
+    # The build context is an allow-list: the locks, src/, the entry points
+    # and the build's CA helper.
+    start = dockerignore.index("*")
+    assert dockerignore[start:start + 8] == ["*", "!requirements.txt", "!requirements-cpu.txt", "!src/",
+                                             "!scripts/container-entrypoint.sh", "!scripts/ray-node.sh",
+                                             "!scripts/lib.sh", "!docker/with-build-ca.sh"]

@@ -10,6 +10,7 @@ head/worker profiles.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -17,8 +18,11 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-from support import REPO_ROOT, session_processes
+from dotenv import dotenv_values
+
+from support import REPO_ROOT, TEST_ENGINE_KWARGS, free_port, require_tool, session_processes
 
 NODE_SCRIPT = REPO_ROOT / "scripts" / "ray-node.sh"
 
@@ -116,6 +120,12 @@ class Node:
         if self.proc is None:
             return None
         sid = self.proc.pid
+        # A node whose entry point has exited is a stopped container: the
+        # runtime kills what is left in it at once (its PID namespace ends).
+        # Here they would wait out the whole grace period (seen after the
+        # head-loss test: a minute of teardown).
+        if self.proc.poll() is not None:
+            timeout = 0
         try:
             os.killpg(sid, signal.SIGTERM)
         except ProcessLookupError:
@@ -139,3 +149,108 @@ class Node:
         tail = self.log_path.read_text(errors="replace").splitlines()[-lines:]
         return f"----- {self.role} log {self.log_path} -----\n" + "\n".join(tail)
 
+
+TOKEN = "multinode-test-token-0123456789abcdef"
+MODEL = "tiny-llama"
+SHARED_NCCL = {"NCCL_IB_TC": "106", "NCCL_IB_TIMEOUT": "22", "NCCL_DEBUG": "WARN"}
+
+
+def poll(what: str, check: Callable[[], bool], timeout: float, nodes: list[Node], interval: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        for node in nodes:
+            assert node.alive(), f"{node.role} exited while waiting for {what}:\n{node.log_tail()}"
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(interval)
+
+
+class Cluster:
+    """Head and worker (ray-node.sh) on two test hosts, Nginx on the head.
+    MODEL_SOURCE and EXTRA_ENV (the air-gapped settings) reach both nodes."""
+
+    def __init__(self, root: Path, model_source: Path, extra_env: dict[str, str] | None = None) -> None:
+        require_tool("nginx")
+        self.root = root
+        self.audit_log = Path((extra_env or {}).get("NET_AUDIT_LOG", root / "net-audit.log"))
+        self.hosts = TwoHosts.create(str(os.getpid() % 100000))
+        loopback = self.hosts.mode == "loopback"
+        self.gcs_port = free_port() if loopback else 6379
+        self.api_port = free_port() if loopback else 8000
+        self.dashboard_port = free_port() if loopback else 8265
+        self.http_port = free_port() if loopback else 8080
+        base = {k: v or "" for k, v in dotenv_values(REPO_ROOT / ".env").items()}
+        base.update({k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")})
+        base.update(
+            DEVICE="cpu", MODEL_ID=MODEL, MODEL_SOURCE=str(model_source), SERVED_MODEL_NAME=MODEL, HF_HUB_OFFLINE="1",
+            MAX_MODEL_LEN="2048", MAX_NUM_SEQS="16", ENGINE_KWARGS=TEST_ENGINE_KWARGS,
+            NUM_NODES="2", NODE_WAIT_TIMEOUT="300",
+            RAY_AUTH_TOKEN=TOKEN, RAY_HEAD_HOST=self.hosts.head.ip, RAY_HEAD_PORT=str(self.gcs_port),
+            RAY_API_PORT=str(self.api_port), RAY_DASHBOARD_PORT=str(self.dashboard_port),
+            RAY_API_HOST="127.0.0.1" if loopback else "0.0.0.0", NGINX_HTTP_PORT=str(self.http_port),
+            NGINX_HTTPS_PORT=str(free_port()), NGINX_STATUS_PORT=str(free_port() if loopback else 8081),
+            RAY_HEAD_WAIT_TIMEOUT="120", **SHARED_NCCL,
+        )
+        base.update(extra_env or {})
+        self.nodes: dict[str, Node] = {}
+        for host, extra in ((self.hosts.head, {"RAY_START_ARGS": "--num-cpus=0"}), (self.hosts.worker, {})):
+            env = {**base, **extra, "VLLM_HOST_IP": host.ip,
+                   "RAY_METRICS_PORT": str(free_port() if loopback else 8090), "NCCL_SOCKET_IFNAME": host.ifname,
+                   "GLOO_SOCKET_IFNAME": host.ifname, "VLLM_CONFIG_ROOT": str(root / host.name / "vllm-config")}
+            self.nodes[host.name] = Node(host, host.name, env, root / f"{host.name}.log")
+        self.nginx: subprocess.Popen[bytes] | None = None
+
+    # -- helpers running on the head host -------------------------------------------------
+    def on_head(self, *cmd: str, timeout: float = 60, env: dict[str, str] | None = None) -> str:
+        out = subprocess.run([*self.hosts.head.prefix(), *cmd], text=True, capture_output=True, timeout=timeout,
+                             env=env or self.nodes["head"].env, check=False)
+        assert out.returncode == 0, f"{cmd} failed: {out.stderr[-2000:]}"
+        return out.stdout
+
+    def ray_probe(self, code: str) -> object:
+        script = ("import json, ray; ray.init(address=%r, logging_level='ERROR', log_to_driver=False)\n%s\n"
+                  % (f"{self.hosts.head.ip}:{self.gcs_port}", code))
+        env = {**self.nodes["head"].env, "RAY_AUTH_MODE": "token"}
+        return json.loads(self.on_head(os.environ.get("PYTHON", "python"), "-c", script, timeout=120, env=env)
+                          .strip().splitlines()[-1])
+
+    def alive_node_ips(self) -> list[str]:
+        return sorted(self.ray_probe("print(json.dumps([n['NodeManagerAddress'] for n in ray.nodes() if n['Alive']]))"))
+
+    def completion(self) -> dict | None:
+        body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+        out = subprocess.run([*self.hosts.head.prefix(), "curl", "-s", "--max-time", "30", "-H",
+                              "Content-Type: application/json", "-d", body,
+                              f"http://127.0.0.1:{self.http_port}/v1/chat/completions"],
+                             text=True, capture_output=True, check=False)
+        try:
+            reply = json.loads(out.stdout)
+        except json.JSONDecodeError:
+            return None
+        return reply if reply.get("choices") else None
+
+    def start_nginx(self) -> None:
+        env = {**self.nodes["head"].env, "OPENAI_API_KEY": "", "NGINX_UPSTREAM_HOST": "127.0.0.1",
+               "NGINX_BIND_ADDRESS": "127.0.0.1", "NGINX_CERTS_DIR": str(self.root / "no-certs")}
+        subprocess.run(["bash", str(REPO_ROOT / "scripts" / "render-nginx.sh"), str(self.root / "nginx")],
+                       env=env, check=True, capture_output=True)
+        (self.root / "nginx-prefix").mkdir(exist_ok=True)
+        log = (self.root / "nginx.log").open("ab")
+        self.nginx = subprocess.Popen([*self.hosts.head.prefix(), "nginx", "-p", f"{self.root}/nginx-prefix/", "-e",
+                                       "stderr", "-c", str(self.root / "nginx" / "nginx.conf"), "-g", "daemon off;"],
+                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+
+    def stop_all(self) -> None:
+        """Nginx and both nodes stopped; the test hosts stay."""
+        if self.nginx is not None and self.nginx.poll() is None:
+            self.nginx.terminate()
+            self.nginx.wait(timeout=20)
+        for node in self.nodes.values():
+            node.stop()
+
+    def teardown(self) -> None:
+        self.stop_all()
+        self.hosts.destroy()
+
+    def logs(self) -> str:
+        return "\n".join(node.log_tail(80) for node in self.nodes.values())

@@ -3,7 +3,8 @@ point (scripts/ray-node.sh) on the CPU engine, with Nginx on the head.
 
 The head starts with --num-cpus=0, so the model's placement group can only go
 to the worker: a completion through the head's Nginx proves the cross-node
-path (Nginx -> Serve proxy on head -> replica and engine on worker).
+path (Nginx -> Serve proxy on head -> replica and engine on worker). The
+cluster is the folder's (conftest.py); the last test here takes the head away.
 """
 
 from __future__ import annotations
@@ -14,133 +15,14 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
-from dotenv import dotenv_values
 
-from support.cluster import Node, TwoHosts
-from support import REPO_ROOT, free_port, kill_if_stopped, process_gone, require_tool, session_processes
+from support import kill_if_stopped, process_gone, session_processes
+from support.cluster import SHARED_NCCL, TOKEN, Cluster, poll
 from support.monitoring import Prometheus
 
 pytestmark = [pytest.mark.multinode]
-
-TOKEN = "multinode-test-token-0123456789abcdef"
-MODEL = "tiny-llama"
-SHARED_NCCL = {"NCCL_IB_TC": "106", "NCCL_IB_TIMEOUT": "22", "NCCL_DEBUG": "WARN"}
-
-
-def poll(what: str, check: Callable[[], bool], timeout: float, nodes: list[Node], interval: float = 2.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        for node in nodes:
-            assert node.alive(), f"{node.role} exited while waiting for {what}:\n{node.log_tail()}"
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(interval)
-
-
-class Cluster:
-    def __init__(self, root: Path) -> None:
-        require_tool("nginx")
-        self.root = root
-        self.hosts = TwoHosts.create(str(os.getpid() % 100000))
-        loopback = self.hosts.mode == "loopback"
-        self.gcs_port = free_port() if loopback else 6379
-        self.api_port = free_port() if loopback else 8000
-        self.dashboard_port = free_port() if loopback else 8265
-        self.http_port = free_port() if loopback else 8080
-        model_dir = REPO_ROOT / ".runtime" / "models" / MODEL
-        subprocess.run([os.environ.get("PYTHON", "python"), str(REPO_ROOT / "scripts" / "make-tiny-model.py"),
-                        str(model_dir)], check=True, capture_output=True)
-        base = {k: v or "" for k, v in dotenv_values(REPO_ROOT / ".env").items()}
-        base.update({k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")})
-        base.update(
-            DEVICE="cpu", MODEL_ID=MODEL, MODEL_SOURCE=str(model_dir), SERVED_MODEL_NAME=MODEL, HF_HUB_OFFLINE="1",
-            MAX_MODEL_LEN="2048", MAX_NUM_SEQS="16", NUM_NODES="2", NODE_WAIT_TIMEOUT="300",
-            RAY_AUTH_TOKEN=TOKEN, RAY_HEAD_HOST=self.hosts.head.ip, RAY_HEAD_PORT=str(self.gcs_port),
-            RAY_API_PORT=str(self.api_port), RAY_DASHBOARD_PORT=str(self.dashboard_port),
-            RAY_API_HOST="127.0.0.1" if loopback else "0.0.0.0", NGINX_HTTP_PORT=str(self.http_port),
-            NGINX_HTTPS_PORT=str(free_port()), NGINX_STATUS_PORT=str(free_port() if loopback else 8081),
-            RAY_HEAD_WAIT_TIMEOUT="120", **SHARED_NCCL,
-        )
-        self.nodes: dict[str, Node] = {}
-        for host, extra in ((self.hosts.head, {"RAY_START_ARGS": "--num-cpus=0"}), (self.hosts.worker, {})):
-            env = {**base, **extra, "VLLM_HOST_IP": host.ip,
-                   "RAY_METRICS_PORT": str(free_port() if loopback else 8090), "NCCL_SOCKET_IFNAME": host.ifname,
-                   "GLOO_SOCKET_IFNAME": host.ifname, "VLLM_CONFIG_ROOT": str(root / host.name / "vllm-config")}
-            self.nodes[host.name] = Node(host, host.name, env, root / f"{host.name}.log")
-        self.nginx: subprocess.Popen[bytes] | None = None
-
-    # -- helpers running on the head host -------------------------------------------------
-    def on_head(self, *cmd: str, timeout: float = 60, env: dict[str, str] | None = None) -> str:
-        out = subprocess.run([*self.hosts.head.prefix(), *cmd], text=True, capture_output=True, timeout=timeout,
-                             env=env or self.nodes["head"].env, check=False)
-        assert out.returncode == 0, f"{cmd} failed: {out.stderr[-2000:]}"
-        return out.stdout
-
-    def ray_probe(self, code: str) -> object:
-        script = ("import json, ray; ray.init(address=%r, logging_level='ERROR', log_to_driver=False)\n%s\n"
-                  % (f"{self.hosts.head.ip}:{self.gcs_port}", code))
-        env = {**self.nodes["head"].env, "RAY_AUTH_MODE": "token"}
-        return json.loads(self.on_head(os.environ.get("PYTHON", "python"), "-c", script, timeout=120, env=env)
-                          .strip().splitlines()[-1])
-
-    def alive_node_ips(self) -> list[str]:
-        return sorted(self.ray_probe("print(json.dumps([n['NodeManagerAddress'] for n in ray.nodes() if n['Alive']]))"))
-
-    def completion(self) -> dict | None:
-        body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
-        out = subprocess.run([*self.hosts.head.prefix(), "curl", "-s", "--max-time", "30", "-H",
-                              "Content-Type: application/json", "-d", body,
-                              f"http://127.0.0.1:{self.http_port}/v1/chat/completions"],
-                             text=True, capture_output=True, check=False)
-        try:
-            reply = json.loads(out.stdout)
-        except json.JSONDecodeError:
-            return None
-        return reply if reply.get("choices") else None
-
-    def start_nginx(self) -> None:
-        env = {**self.nodes["head"].env, "OPENAI_API_KEY": "", "NGINX_UPSTREAM_HOST": "127.0.0.1",
-               "NGINX_BIND_ADDRESS": "127.0.0.1", "NGINX_CERTS_DIR": str(self.root / "no-certs")}
-        subprocess.run(["bash", str(REPO_ROOT / "scripts" / "render-nginx.sh"), str(self.root / "nginx")],
-                       env=env, check=True, capture_output=True)
-        (self.root / "nginx-prefix").mkdir(exist_ok=True)
-        log = (self.root / "nginx.log").open("ab")
-        self.nginx = subprocess.Popen([*self.hosts.head.prefix(), "nginx", "-p", f"{self.root}/nginx-prefix/", "-e",
-                                       "stderr", "-c", str(self.root / "nginx" / "nginx.conf"), "-g", "daemon off;"],
-                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-
-    def teardown(self) -> None:
-        if self.nginx is not None and self.nginx.poll() is None:
-            self.nginx.terminate()
-            self.nginx.wait(timeout=20)
-        for node in self.nodes.values():
-            node.stop()
-        self.hosts.destroy()
-
-    def logs(self) -> str:
-        return "\n".join(node.log_tail(80) for node in self.nodes.values())
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    c = Cluster(tmp_path_factory.mktemp("cluster"))
-    print(f"\nmulti-node test mode: {c.hosts.mode} {c.hosts.why_fallback}")
-    (REPO_ROOT / ".runtime").mkdir(exist_ok=True)
-    (REPO_ROOT / ".runtime" / "multinode-mode.txt").write_text(f"{c.hosts.mode} {c.hosts.why_fallback}\n")
-    failed_before = request.session.testsfailed
-    try:
-        c.nodes["head"].start()
-        c.nodes["worker"].start()
-        c.start_nginx()
-        yield c
-    finally:
-        if request.session.testsfailed > failed_before:
-            print("\n" + c.logs())
-        c.teardown()
-
 
 def test_worker_joins_and_cluster_has_two_nodes(cluster: Cluster) -> None:
     nodes = list(cluster.nodes.values())

@@ -30,6 +30,14 @@ export RAY_gcs_rpc_server_reconnect_timeout_s="${RAY_gcs_rpc_server_reconnect_ti
 # metadata addresses at start and reports hourly to usage-stats.ray.io. Off
 # unless .env says otherwise (the offline test caught the probes).
 export RAY_USAGE_STATS_ENABLED="${RAY_USAGE_STATS_ENABLED:-0}"
+# Even when disabled, a cluster started with `ray start` (not ray.init) sends
+# one "usage stats disabled" report to usage-stats.ray.io from the head's
+# dashboard (Ray 2.60, usage_stats_head._report_disabled_usage_sync; the
+# air-gapped cluster test caught its name lookup). An empty report URL makes
+# that request fail before any lookup or connection.
+if [[ "$RAY_USAGE_STATS_ENABLED" == 0 ]]; then
+  export RAY_USAGE_STATS_REPORT_URL="${RAY_USAGE_STATS_REPORT_URL:-}"
+fi
 
 CHILD_PIDS=()
 

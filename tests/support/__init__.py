@@ -15,11 +15,6 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # The local random-weight Llama every stack serves (scripts/make-tiny-model.py).
 TINY_MODEL_DIR = REPO_ROOT / ".runtime" / "models" / "tiny-llama"
-# Engine settings of the tests' own stacks: no torch.compile of the tiny model
-# (vLLM's compile cache does not load on its CPU build, so every start would
-# compile again). The Compose stack's first start keeps the product's
-# default path (tests/integration/compose).
-TEST_ENGINE_KWARGS = '{"enforce_eager": true}'
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -22,7 +22,7 @@ from typing import Callable
 
 from dotenv import dotenv_values
 
-from support import REPO_ROOT, TEST_ENGINE_KWARGS, free_port, require_tool, session_processes
+from support import REPO_ROOT, free_port, require_tool, session_processes
 
 NODE_SCRIPT = REPO_ROOT / "scripts" / "ray-node.sh"
 
@@ -186,8 +186,7 @@ class Cluster:
         base.update({k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")})
         base.update(
             DEVICE="cpu", MODEL_ID=MODEL, MODEL_SOURCE=str(model_source), SERVED_MODEL_NAME=MODEL, HF_HUB_OFFLINE="1",
-            MAX_MODEL_LEN="2048", MAX_NUM_SEQS="16", ENGINE_KWARGS=TEST_ENGINE_KWARGS,
-            NUM_NODES="2", NODE_WAIT_TIMEOUT="300",
+            MAX_MODEL_LEN="2048", MAX_NUM_SEQS="16", NUM_NODES="2", NODE_WAIT_TIMEOUT="300",
             RAY_AUTH_TOKEN=TOKEN, RAY_HEAD_HOST=self.hosts.head.ip, RAY_HEAD_PORT=str(self.gcs_port),
             RAY_API_PORT=str(self.api_port), RAY_DASHBOARD_PORT=str(self.dashboard_port),
             RAY_API_HOST="127.0.0.1" if loopback else "0.0.0.0", NGINX_HTTP_PORT=str(self.http_port),

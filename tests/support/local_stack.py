@@ -14,7 +14,7 @@ from typing import Iterator
 import httpx
 import pytest
 
-from support import REPO_ROOT, TEST_ENGINE_KWARGS, free_port, session_processes
+from support import REPO_ROOT, free_port, session_processes
 
 SCRIPT = REPO_ROOT / "scripts" / "local-stack.sh"
 MODEL = "tiny-llama"
@@ -65,7 +65,6 @@ class LocalStack:
             DEVICE="cpu",
             MAX_NUM_SEQS="32",
             MAX_MODEL_LEN="2048",
-            ENGINE_KWARGS=TEST_ENGINE_KWARGS,
         )
         env.update(self.extra_env)
         return env

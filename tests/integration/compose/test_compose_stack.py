@@ -27,7 +27,6 @@ import pytest
 from readiness import MODEL_TIMEOUT_S
 from support import (
     REPO_ROOT,
-    TEST_ENGINE_KWARGS,
     TINY_MODEL_DIR,
     kill_if_stopped,
     make_tiny_model,
@@ -404,12 +403,9 @@ def test_recreated_model_server_serves_two_models_and_nginx_follows(up: ComposeS
     old_serve = up.container(SERVE)
     models = up.work_dir / "two-models.yaml"
     source = f"/models/{TINY_MODEL_DIR.name}"
-    # Both engines skip torch.compile (the first start took the default path).
-    eager = f"ENGINE_KWARGS: {TEST_ENGINE_KWARGS}"
-    models.write_text(f"models:\n  - {{MODEL_ID: tiny-llama, SERVED_MODEL_NAME: {MODEL}, MODEL_SOURCE: {source},"
-                      f" {eager}}}\n"
+    models.write_text(f"models:\n  - {{MODEL_ID: tiny-llama, SERVED_MODEL_NAME: {MODEL}, MODEL_SOURCE: {source}}}\n"
                       f"  - {{MODEL_ID: tiny-llama, SERVED_MODEL_NAME: {SECOND_MODEL}, MODEL_SOURCE: {source},"
-                      f" MAX_NUM_SEQS: 4, MAX_MODEL_LEN: 512, {eager}}}\n")
+                      " MAX_NUM_SEQS: 4, MAX_MODEL_LEN: 512}\n")
     # The single-model variables emptied, as .env must have them beside MODELS_FILE.
     up.extra_env.update(MODELS_FILE=str(models), CPU_MODEL_ID="", SERVED_MODEL_NAME="", MODEL_SOURCE="",
                         # Longer than the next test's freeze (readiness, not the watchdog, is tested there).

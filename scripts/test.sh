@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The test suite, on a fresh machine: installs what it needs, then runs the
 # tiers of tests/ (tests/conftest.py says what each costs).
-#   scripts/test.sh               everything: tests/unit, then tests/integration
-#                                 (the Compose stack on a real Docker engine,
-#                                 the multi-node cluster, the local CPU stack,
-#                                 the air-gapped start); before you stop
+#   scripts/test.sh               everything: tests/unit beside tests/integration
+#                                 (the multi-node cluster with the air-gapped
+#                                 start, the Compose stack on a real Docker
+#                                 engine, the local CPU stack); before you stop
 #   scripts/test.sh --quick       tests/unit only: static checks, lint, unit
 #                                 tests, Nginx against stand-in upstreams,
 #                                 Compose rendering; no model engine and no

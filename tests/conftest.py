@@ -3,10 +3,10 @@
 
 Tiers are folders, and a folder says what its tests cost:
   tests/unit/                  no model engine, no Docker engine (seconds)
-  tests/integration/local/     one local stack (scripts/local-stack.sh), shared
+  tests/integration/cluster/   two Ray nodes in network namespaces, also the
+                               air-gapped start
   tests/integration/compose/   the Compose stack on the private Docker engine
-  tests/integration/cluster/   two Ray nodes in network namespaces
-  tests/integration/offline/   an air-gapped local stack in its own namespace
+  tests/integration/local/     one local stack (scripts/local-stack.sh)
 Each stack is a fixture scoped to its folder: it starts when the folder's
 first test needs it and stops when the folder is done, so at most one CPU
 engine runs at a time and any file runs alone.

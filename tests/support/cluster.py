@@ -23,6 +23,7 @@ from typing import Callable
 from dotenv import dotenv_values
 
 from support import REPO_ROOT, free_port, require_tool, session_processes
+from support.local_stack import FAST_RESTARTS
 
 NODE_SCRIPT = REPO_ROOT / "scripts" / "ray-node.sh"
 
@@ -191,7 +192,7 @@ class Cluster:
             RAY_API_PORT=str(self.api_port), RAY_DASHBOARD_PORT=str(self.dashboard_port),
             RAY_API_HOST="127.0.0.1" if loopback else "0.0.0.0", NGINX_HTTP_PORT=str(self.http_port),
             NGINX_HTTPS_PORT=str(free_port()), NGINX_STATUS_PORT=str(free_port() if loopback else 8081),
-            RAY_HEAD_WAIT_TIMEOUT="120", **SHARED_NCCL,
+            RAY_HEAD_WAIT_TIMEOUT="120", **SHARED_NCCL, **FAST_RESTARTS,
         )
         base.update(extra_env or {})
         self.nodes: dict[str, Node] = {}

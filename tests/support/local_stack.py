@@ -26,12 +26,20 @@ RAY_TOKEN = "e2e-ray-token-5f1c2a9e77"
 HF_TOKEN = "hf_PlantedToken_8d41b7c3e2"
 DASH_USER, DASH_PASSWORD = "admin", "e2e-dashboard-pw-6b2d"
 GRACE = "30s"
+# Shorter waits than the product's defaults, for the test stacks' restart
+# scenarios (the Compose scenario keeps the defaults):
+# * the watchdog's timeout at its documented minimum (default 30 s);
+# * Ray's minimum draining period of a stopping replica behind HAProxy, which
+#   a `down` waits out even when idle (default 30 s); in-flight requests are
+#   still waited for (graceful_shutdown_timeout_s).
+WATCHDOG_TIMEOUT_S = 10
+FAST_RESTARTS = {"WATCHDOG_TIMEOUT": str(WATCHDOG_TIMEOUT_S), "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5"}
 
 
 def shared_stack_env() -> dict[str, str]:
     return {"NGINX_CLIENT_MAX_BODY_SIZE": BODY_LIMIT, "RAY_AUTH_TOKEN": RAY_TOKEN, "HF_TOKEN": HF_TOKEN,
             "NGINX_DASHBOARD_USER": DASH_USER, "NGINX_DASHBOARD_PASSWORD": DASH_PASSWORD,
-            "SERVE_STOP_GRACE_PERIOD": GRACE}
+            "SERVE_STOP_GRACE_PERIOD": GRACE, **FAST_RESTARTS}
 
 
 @dataclass

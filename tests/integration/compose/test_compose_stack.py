@@ -123,6 +123,11 @@ def test_images_build(up: ComposeStack) -> None:
     # The build's extra CA (a build secret) never lands in the image.
     history = up.docker("history", "--no-trunc", "ray-llm-serve:cpu-local").stdout
     assert "BEGIN CERTIFICATE" not in history
+    # The venv carries its bytecode: the app user cannot write its __pycache__,
+    # and without .pyc files every process of every start compiles vLLM, torch
+    # and Ray again (docs/benchmarks.md, start-up in Compose).
+    pyc = "/opt/venv/lib/python3.11/site-packages/vllm/__pycache__/__init__.cpython-311.pyc"
+    assert up.docker("run", "--rm", "--entrypoint", "test", "ray-llm-serve:cpu-local", "-f", pyc).returncode == 0
 
 
 def test_serving_is_healthy_only_after_a_completion_and_nginx_starts_after(up: ComposeStack) -> None:

@@ -20,22 +20,3 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS.parent / "src"))
 sys.path.insert(0, str(TESTS))
-
-from typing import Iterator  # noqa: E402
-
-import pytest  # noqa: E402
-
-from support import TINY_MODEL_DIR, make_tiny_model  # noqa: E402
-from support.fake_hub import FakeHub  # noqa: E402
-
-TINY_REPO = "local-test/tiny-llama"
-
-
-@pytest.fixture
-def tiny_hub() -> Iterator[FakeHub]:
-    """A stand-in Hub on loopback serving the tiny model as TINY_REPO."""
-    make_tiny_model()
-    hub = FakeHub({TINY_REPO: TINY_MODEL_DIR})
-    hub.start()
-    yield hub
-    hub.stop()

@@ -7,16 +7,26 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 import model_source
 from settings import parse_settings
-from support import REPO_ROOT, clean_env, netns_missing, run
+from support import REPO_ROOT, TINY_MODEL_DIR, clean_env, make_tiny_model, netns_missing, run
+from support.air_gap import NETAUDIT_DIR, REPO
 from support.fake_hub import FakeHub
-
-REPO = "local-test/tiny-llama"
 PYTHON = str(REPO_ROOT / ".runtime" / "venv" / "bin" / "python")
+
+
+@pytest.fixture
+def tiny_hub() -> Iterator[FakeHub]:
+    """A stand-in Hub on loopback serving the tiny model as REPO."""
+    make_tiny_model()
+    hub = FakeHub({REPO: TINY_MODEL_DIR})
+    hub.start()
+    yield hub
+    hub.stop()
 
 
 def test_network_audit_catches_an_attempt(tmp_path: Path) -> None:
@@ -28,7 +38,7 @@ def test_network_audit_catches_an_attempt(tmp_path: Path) -> None:
     code = ("import socket\ntry:\n    socket.create_connection(('198.18.255.254', 9), timeout=1)\n"
             "except OSError:\n    pass\ntry:\n    socket.getaddrinfo('huggingface.co', 443)\nexcept OSError:\n    pass\n")
     done = run(["unshare", "--net", "--", PYTHON, "-c", code], timeout=60, env=clean_env(
-        PYTHONPATH=str(REPO_ROOT / "tests" / "netaudit"), NET_AUDIT_LOG=str(audit)))
+        PYTHONPATH=str(NETAUDIT_DIR), NET_AUDIT_LOG=str(audit)))
     assert done.returncode == 0, done.stderr
     logged = audit.read_text()
     assert "connect ('198.18.255.254', 9)" in logged and "getaddrinfo 'huggingface.co'" in logged

@@ -178,8 +178,14 @@ def wait_for_nodes(expected: int, timeout_s: int, poll_s: float = 2.0, report_ev
         time.sleep(poll_s)
 
 
-class StopRequested(Exception):
-    """SIGTERM arrived (docker stop / compose down / local-stack down)."""
+class StopRequested(BaseException):
+    """SIGTERM arrived (docker stop / compose down / local-stack down).
+
+    A BaseException, like KeyboardInterrupt: the handler raises it wherever
+    the main thread is, and no `except Exception` on the way (the status
+    poll's, or one inside Ray) may swallow it. As an Exception it once
+    turned a `compose down` into a status of 'unknown (StopRequested)': no
+    drain, and Docker killed the container at its timeout."""
 
 
 def raise_stop(signum: int, _frame: FrameType | None) -> None:

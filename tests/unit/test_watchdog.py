@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 import llm_config
@@ -126,3 +128,26 @@ def test_local_stack_supervisor_passes_sigterm_on(tmp_path) -> None:  # type: ig
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
     assert marker.read_text().strip() == "clean"
+
+
+def test_sigterm_during_a_status_poll_is_not_swallowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM arriving while deploy.py asks Serve for the app's status must end
+    the watch (and so start the drain), never count as an unknown status. Seen
+    once in the suite's Compose `down`: the stop was logged as 'RUNNING ->
+    unknown (StopRequested)', no drain ran, and Docker killed the container
+    after its timeout."""
+    import deploy
+
+    class Serve:
+        polls = 0
+
+        def status(self) -> object:
+            self.polls += 1
+            if self.polls > 1:  # pytest.fail is no Exception: the poll cannot swallow it
+                pytest.fail("the SIGTERM was swallowed: watch_app polled again")
+            deploy.raise_stop(signal.SIGTERM, None)  # the handler, run inside the poll
+            raise AssertionError("unreachable")
+
+    monkeypatch.setattr(deploy, "STATUS_POLL_S", 0)
+    with pytest.raises(deploy.StopRequested):
+        deploy.watch_app(Serve(), Recovery(timeout_s=900))

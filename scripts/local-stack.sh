@@ -6,6 +6,9 @@
 #                                   once Nginx's /readyz (a real completion from
 #                                   every model) says ready
 #   scripts/local-stack.sh down [serve|nginx]  stop what `up` started (by PID)
+#   scripts/local-stack.sh reload   apply an edited .secrets (API keys) or Nginx
+#                                   setting to the running Nginx: checked, then
+#                                   a graceful reload (streams in flight finish)
 #   scripts/local-stack.sh status   what runs, and whether the model answers
 #   scripts/local-stack.sh logs [-f] tails of the logs
 #
@@ -235,6 +238,25 @@ cmd_down() {
   log_info "stopped: $part"
 }
 
+# reload: render into a scratch folder and `nginx -t` it first, so a bad
+# value leaves the running Nginx as it was; then in place, and SIGHUP.
+cmd_reload() {
+  local pid conf="$STACK_DIR/nginx/conf" check="$STACK_DIR/nginx/check"
+  pid="$(read_pid "$(nginx_pid_file)")"
+  pid_alive "$pid" || die "nginx is not running (scripts/local-stack.sh up)"
+  configure
+  rm -rf "$check"
+  "$REPO_ROOT/scripts/render-nginx.sh" "$check" 2>"$STACK_DIR/nginx-test.log" ||
+    { grep -v 'render.sh: rendered' "$STACK_DIR/nginx-test.log" >&2; die "nothing reloaded: the running configuration stays"; }
+  "$NGINX_BIN" -q -t -p "$STACK_DIR/nginx/prefix/" -e stderr -c "$check/nginx.conf" 2>"$STACK_DIR/nginx-test.log" ||
+    { cat "$STACK_DIR/nginx-test.log" >&2; die "nothing reloaded: the running configuration stays"; }
+  rm -rf "$check"
+  "$REPO_ROOT/scripts/render-nginx.sh" "$conf" 2>/dev/null
+  # The session leader is nginx's master (start_bg); SIGHUP = graceful reload.
+  kill -HUP "$pid"
+  log_info "nginx reloaded ($(grep -c . "$conf/api-keys.conf" || true) API key(s))"
+}
+
 cmd_status() {
   local name pid rc=0
   for name in serve nginx; do
@@ -268,9 +290,10 @@ main() {
     up) cmd_up "$@" ;;
     down) cmd_down "$@" ;;
     status) cmd_status "$@" ;;
+    reload) cmd_reload "$@" ;;
     logs) cmd_logs "$@" ;;
     _supervise) cmd_supervise "$@" ;;
-    *) die "usage: scripts/local-stack.sh up [serve|nginx] | down [serve|nginx] | status | logs [-f]" ;;
+    *) die "usage: scripts/local-stack.sh up [serve|nginx] | down [serve|nginx] | reload | status | logs [-f]" ;;
   esac
 }
 

@@ -24,7 +24,7 @@ import tempfile
 import time
 from types import FrameType
 from pathlib import Path
-from typing import Any, Mapping, MutableMapping, Sequence
+from typing import Any, Collection, Mapping, MutableMapping, Sequence
 
 import config_check
 import llm_config
@@ -43,6 +43,12 @@ STATUS_POLL_S = 5.0
 # Set by scripts/container-entrypoint.sh: the container's private copy of the
 # .secrets that Compose mounts (a Compose secret, never in the environment).
 SECRETS_FILE_VAR = "RAY_LLM_SECRETS_FILE"
+# What the model server takes from .secrets: the Hugging Face token (moved to
+# a file, stash_hf_token) and Ray's cluster token. Nothing else.
+SERVER_SECRETS = frozenset({*HF_TOKEN_NAMES, "RAY_AUTH_TOKEN"})
+# .secrets values the model server never needs (the names API_KEY_* too).
+FOREIGN_SECRETS = frozenset({"OPENAI_API_KEY", "NGINX_DASHBOARD_USER", "NGINX_DASHBOARD_PASSWORD",
+                             "GRAFANA_ADMIN_PASSWORD", "CLOUDFLARE_TUNNEL_TOKEN"})
 USAGE_STATS_VAR = "RAY_USAGE_STATS_ENABLED"
 
 
@@ -78,15 +84,27 @@ def insecure_secrets(path: Path) -> str | None:
     return None
 
 
-def load_env_files(environ: MutableMapping[str, str], files: Sequence[Path] = ENV_FILES) -> None:
-    """Fill in variables from .env/.secrets; values already in environ win."""
+def load_env_files(environ: MutableMapping[str, str], files: Sequence[Path] = ENV_FILES,
+                   secret_names: Collection[str] | None = None) -> None:
+    """Fill in variables from .env/.secrets; values already in environ win.
+    With secret_names, only those are taken from the secrets file (files[1])."""
     from dotenv import dotenv_values
 
-    for path in files:
+    for index, path in enumerate(files):
         if path.is_file():
             for key, value in dotenv_values(path).items():
+                if index == 1 and secret_names is not None and key not in secret_names:
+                    continue
                 if value is not None and key not in environ:
                     environ[key] = value
+
+
+def drop_foreign_secrets(environ: MutableMapping[str, str]) -> None:
+    """Secrets of other processes (Nginx's API keys and dashboard password,
+    the tunnel token, Grafana's password) leave the environment before Ray
+    starts: every Ray process inherits it. Host runs export all of .secrets."""
+    for name in [n for n in environ if n in FOREIGN_SECRETS or n.startswith("API_KEY_")]:
+        del environ[name]
 
 
 def stash_hf_token(environ: MutableMapping[str, str], settings: Settings) -> None:
@@ -279,7 +297,8 @@ def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | 
     if refusal:
         print(f"deploy.py: configuration error, nothing was started:\n  - {refusal}", file=sys.stderr)
         return EXIT_CONFIG
-    load_env_files(env, files)
+    load_env_files(env, files, SERVER_SECRETS)
+    drop_foreign_secrets(env)
     try:
         settings = parse_settings(env, read_models_file(env))
     except ConfigError as err:

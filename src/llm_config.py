@@ -151,7 +151,6 @@ def resolved(s: Settings) -> dict[str, Any]:
         "ray_init": ray_init_kwargs(s),
         "secrets": {
             "HF_TOKEN": "<set, redacted>" if s.hf_token else "<unset>",
-            "OPENAI_API_KEY": "<set, redacted>" if s.openai_api_key else "<unset: API open>",
             "RAY_AUTH_TOKEN": "<set, redacted>" if s.ray_auth_token else "<unset: Ray generates one per cluster>",
         },
     }

@@ -8,9 +8,11 @@
 #
 #   1. Secrets: when RAY_LLM_SECRETS_FILE names a file (Compose mounts .secrets
 #      at /run/secrets/ray-llm), the settings Nginx needs are read from it:
-#      OPENAI_API_KEY, NGINX_DASHBOARD_USER, NGINX_DASHBOARD_PASSWORD and
-#      RAY_AUTH_TOKEN, with scripts/lib.sh's dotenv rules. A variable already
-#      set in the environment wins. Nothing else is taken from the file.
+#      the API keys (OPENAI_API_KEY and every API_KEY_<NAME>),
+#      NGINX_DASHBOARD_USER, NGINX_DASHBOARD_PASSWORD and RAY_AUTH_TOKEN, with
+#      scripts/lib.sh's dotenv rules. A variable already set in the
+#      environment wins. A name set twice in the file is refused. Nothing else
+#      is taken from the file.
 #   2. entrypoint.d/05-ray-llm.envsh (next to this file) checks every setting
 #      and exports the derived NGINX_* values; a bad value ends everything
 #      with exit status 1 and a message naming the variable.
@@ -29,12 +31,21 @@ ray_llm_render_usage() {
 
 # ray_llm_load_secrets FILE: export the secrets Nginx uses from a dotenv file
 # (dotenv.sh's rules). A variable already set in the environment wins.
+ray_llm_loaded=" "
 ray_llm_load_secret() {
     case $1 in
-        OPENAI_API_KEY | NGINX_DASHBOARD_USER | NGINX_DASHBOARD_PASSWORD | RAY_AUTH_TOKEN) ;;
+        OPENAI_API_KEY | API_KEY_* | NGINX_DASHBOARD_USER | NGINX_DASHBOARD_PASSWORD | RAY_AUTH_TOKEN) ;;
         *) return 0 ;;
     esac
-    # $1 is one of the four literal names above.
+    case $ray_llm_loaded in
+        *" $1 "*)
+            echo "render.sh: ERROR: $1 is set twice in the secrets file $RAY_LLM_SECRETS_FILE: keep one line" >&2
+            exit 1
+            ;;
+    esac
+    ray_llm_loaded="$ray_llm_loaded$1 "
+    # $1 is one of the literal names above, or API_KEY_ and [A-Za-z0-9_]
+    # (dotenv.sh passes only such names).
     if [ -z "$(eval "printf '%s' \"\${$1+set}\"")" ]; then
         eval "$1=\$2"
         export "${1?}"

@@ -6,7 +6,9 @@
 # copies the value of NAME from the mounted .secrets ($RAY_LLM_SECRETS_FILE,
 # dotenv.sh's rules) into DEST, mode 0400, owned by UID:GID. The value is
 # never printed. Exits 1, naming the variable, when NAME or any REQUIRED name
-# is empty: nothing is written then. Compose runs it as a one-shot service in
+# is empty: nothing is written then. A REQUIRED argument may list
+# alternatives separated by '|', each a name or a pattern ("OPENAI_API_KEY|API_KEY_*"):
+# one of them must be set. Compose runs it as a one-shot service in
 # the project's nginx image, and the consumer waits for it
 # (depends_on: service_completed_successfully).
 set -eu
@@ -29,11 +31,8 @@ if [ -z "$secrets" ] || [ ! -r "$secrets" ]; then
 fi
 
 found=
-wanted=" $name $* "
 collect() {
-    case $wanted in
-        *" $1 "*) [ -z "$2" ] || found="$found $1" ;;
-    esac
+    [ -z "$2" ] || found="$found $1"
     if [ "$1" = "$name" ]; then
         secret_value=$2
     fi
@@ -41,14 +40,27 @@ collect() {
 secret_value=
 ray_llm_dotenv_each "$secrets" collect
 
+# is_set ALTERNATIVES: one of the '|'-separated names or patterns is set.
+is_set() {
+    old_ifs=$IFS
+    IFS='|'
+    # shellcheck disable=SC2086  # split on '|' on purpose
+    set -- $1
+    IFS=$old_ifs
+    for alternative in "$@"; do
+        for set_name in $found; do
+            # shellcheck disable=SC2254  # a pattern on purpose
+            case $set_name in $alternative) return 0 ;; esac
+        done
+    done
+    return 1
+}
+
 for required in "$name" "$@"; do
-    case " $found " in
-        *" $required "*) ;;
-        *)
-            echo "secret-file.sh: ERROR: $required is empty in .secrets; set it there (see .secrets.example)" >&2
-            exit 1
-            ;;
-    esac
+    if ! is_set "$required"; then
+        echo "secret-file.sh: ERROR: $(printf '%s' "$required" | sed 's/|/ or /g') is empty in .secrets; set it there (see .secrets.example)" >&2
+        exit 1
+    fi
 done
 
 umask 077

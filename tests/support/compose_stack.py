@@ -22,7 +22,7 @@ from support import REPO_ROOT, TINY_MODEL_DIR, free_port, require_tool
 MODEL = "tiny-llama"
 SERVE, NGINX = "ray-serve-cpu", "nginx"
 # Planted secrets: searched for in every `docker inspect`.
-API_KEY = "sk-docker-Test_key.7f3a"
+API_KEY = "sk-docker-Test_key.7f3a-0123456789abc"
 HF_TOKEN = "hf_DockerPlanted_51c9e0aa"
 RAY_TOKEN = "docker-ray-token-2b7d41"
 DASH_USER, DASH_PASSWORD = "admin", "docker-dash-pw-88e1"

@@ -20,7 +20,7 @@ SCRIPT = REPO_ROOT / "scripts" / "local-stack.sh"
 MODEL = "tiny-llama"
 # Settings of the shared test stack (see tests/integration/local/conftest.py). The unique values
 # let the secrets test search every log and API for them.
-API_KEY = "sk-e2e-Test_key.123"
+API_KEY = "sk-e2e-Test_key.123-0123456789abcdef"
 BODY_LIMIT = "64k"
 RAY_TOKEN = "e2e-ray-token-5f1c2a9e77"
 HF_TOKEN = "hf_PlantedToken_8d41b7c3e2"

@@ -31,7 +31,7 @@ def test_default_stack_from_repo_root(project: ComposeProject) -> None:
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
     assert serve["shm_size"] and serve["restart"] == "unless-stopped" and nginx["restart"] == "unless-stopped"
     # Loopback-only Ray ports; Nginx is the public door.
-    assert published(serve) == {("127.0.0.1", "8000", 8000), ("127.0.0.1", "8265", 8265)}
+    assert published(serve) == set()  # Nginx is the one door
     assert published(nginx) == {("0.0.0.0", "80", 80), ("0.0.0.0", "443", 443)}
     assert nginx["depends_on"]["ray-serve"]["condition"] == "service_healthy"
     assert "healthcheck.py" in " ".join(serve["healthcheck"]["test"])
@@ -81,7 +81,7 @@ def test_ports_follow_env(project: ComposeProject) -> None:
                     GPUS_PER_NODE="2")
     cfg = project.config()
     serve, nginx = cfg["services"]["ray-serve"], cfg["services"]["nginx"]
-    assert published(serve) == {("10.1.2.3", "9000", 9000), ("10.1.2.3", "9265", 9265)}
+    assert published(serve) == set()  # Nginx is the one door
     assert published(nginx) == {("127.0.0.1", "8080", 8080), ("127.0.0.1", "8443", 8443)}
     assert "http://127.0.0.1:8080/healthz" in nginx["healthcheck"]["test"]
     assert serve["deploy"]["resources"]["reservations"]["devices"][0]["count"] == 2
@@ -200,7 +200,7 @@ def test_issue_example_max_model_len_from_the_shell(project: ComposeProject, pro
     assert serve["environment"]["MAX_MODEL_LEN"] == "4096"
     assert serve["environment"]["RAY_API_PORT"] == "9100"
     if profile in ("single", "cpu"):
-        assert ("127.0.0.1", "9100", 9100) in published(serve)
+        assert published(serve) == set()
     else:
         assert serve["environment"]["NCCL_SOCKET_IFNAME"] == "ens-shell"
         assert serve["environment"]["VLLM_HOST_IP"] == "198.18.9.9"
@@ -227,7 +227,7 @@ def test_cpu_profile(project: ComposeProject) -> None:
     assert serve["networks"]["llm"]["aliases"] == ["ray-serve"]
     assert nginx["environment"]["NGINX_UPSTREAM_HOST"] == "ray-serve"
     assert nginx["depends_on"]["ray-serve-cpu"]["condition"] == "service_healthy"
-    assert published(serve) == {("127.0.0.1", "8000", 8000), ("127.0.0.1", "8265", 8265)}
+    assert published(serve) == set()  # Nginx is the one door
     assert serve["healthcheck"]["start_period"] and serve["restart"] == "unless-stopped"
 
 
@@ -254,7 +254,7 @@ def test_serving_containers_start_as_root_only_to_drop_it(project: ComposeProjec
         project.set_env(COMPOSE_PROFILES=profile)
         serve = project.config()["services"][name]
         assert serve["user"] == "0:0" and serve["init"] is False
-        assert serve["tmpfs"] == ["/run/ray-llm:uid=10001,gid=10001,mode=0700"]
+        assert serve["tmpfs"] == ["/run/ray-llm:uid=10001,gid=10001,mode=0700,size=1m"]
         assert serve["healthcheck"]["test"][1] == "/app/scripts/container-entrypoint.sh"
 
 
@@ -326,7 +326,8 @@ def test_nginx_is_hardened(project: ComposeProject) -> None:
     assert nginx["read_only"] is True
     assert nginx["cap_drop"] == ["ALL"]
     assert set(nginx["cap_add"]) <= {"CHOWN", "SETUID", "SETGID", "NET_BIND_SERVICE", "DAC_READ_SEARCH"}
-    assert set(nginx["tmpfs"]) == {"/etc/nginx/conf.d:mode=0755", "/tmp:mode=1777"}
+    # Each tmpfs a client can fill has a size (request bodies wait in /tmp).
+    assert set(nginx["tmpfs"]) == {"/etc/nginx/conf.d:mode=0755,size=4m", "/tmp:mode=1777,size=256m"}
     assert nginx["stop_signal"] == "SIGQUIT"
 
 

@@ -18,6 +18,9 @@ COMPOSE_NATIVE = {"COMPOSE_FILE", "COMPOSE_PROFILES", "COMPOSE_PROJECT_NAME"}
 # The official nginx image's own settings (set by its entrypoint, or by
 # scripts/render-nginx.sh when it mirrors that entrypoint): upstream names.
 NGINX_IMAGE_NATIVE = {"NGINX_ENVSUBST_OUTPUT_DIR", "NGINX_ENVSUBST_TEMPLATE_DIR"}
+# Set by the compose file from a documented setting, not a setting itself:
+# where Compose publishes the bridge nginx (NGINX_BIND_ADDRESS).
+COMPOSE_WIRING = {"NGINX_PUBLISHED_ADDRESS"}
 # Upstream settings read by the libraries themselves: they reach NCCL and
 # torch.distributed in the vLLM workers through the containers' env_file.
 UPSTREAM_PREFIXES = ("NCCL_", "GLOO_")
@@ -49,7 +52,8 @@ def read_by_secret_files() -> set[str]:
     for service in compose["services"].values():
         if str(service.get("entrypoint", [""])[0]).endswith("/secret-file.sh"):
             command = service["command"]
-            names |= {command[0], *command[3:]}
+            # REQUIRED may list alternatives (A|B), patterns among them (API_KEY_*).
+            names |= {command[0], *(n for r in command[3:] for n in r.split("|") if "*" not in n)}
     return names
 
 
@@ -58,7 +62,7 @@ def read_by_nginx() -> set[str]:
     for template in TEMPLATES:
         names |= set(BRACED.findall(template.read_text()))
     names |= set(ANY_REF.findall(ENVSH.read_text()))
-    return names - derived_by_envsh() - NGINX_IMAGE_NATIVE
+    return names - derived_by_envsh() - NGINX_IMAGE_NATIVE - COMPOSE_WIRING
 
 
 def read_by_deploy() -> set[str]:

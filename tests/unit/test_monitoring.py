@@ -165,7 +165,7 @@ def test_tunnel_profile_renders_non_root_read_only_with_a_healthcheck(project: C
     assert tunnel["depends_on"]["tunnel-secret"]["condition"] == "service_completed_successfully"
     assert "--token-file" in tunnel["command"] and "TUNNEL_TOKEN" not in (tunnel.get("environment") or {})
     guard = services["tunnel-secret"]
-    assert guard["command"] == ["CLOUDFLARE_TUNNEL_TOKEN", "/out/token", "65532:65532", "OPENAI_API_KEY"]
+    assert guard["command"] == ["CLOUDFLARE_TUNNEL_TOKEN", "/out/token", "65532:65532", "OPENAI_API_KEY|API_KEY_*"]
     assert guard["network_mode"] == "none"
 
 
@@ -193,8 +193,16 @@ def run_rendered_guard(project: ComposeProject, service: str, profile: str, secr
 def test_tunnel_refuses_without_an_api_key(project: ComposeProject, tmp_path: Path) -> None:
     out, token = run_rendered_guard(project, "tunnel-secret", "tunnel",
                                     "OPENAI_API_KEY=\nCLOUDFLARE_TUNNEL_TOKEN=eyJhIjoiYiJ9\n", tmp_path)
-    assert out.returncode == 1 and "OPENAI_API_KEY is empty" in out.stderr
+    assert out.returncode == 1 and "OPENAI_API_KEY or API_KEY_* is empty" in out.stderr
     assert not token.exists() and "eyJ" not in out.stderr + out.stdout
+
+
+def test_tunnel_accepts_a_named_key(project: ComposeProject, tmp_path: Path) -> None:
+    out, token = run_rendered_guard(project, "tunnel-secret", "tunnel",
+                                    "OPENAI_API_KEY=\nAPI_KEY_team_a=sk-a\nCLOUDFLARE_TUNNEL_TOKEN=eyJhIjoiYiJ9\n",
+                                    tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert token.read_text() == "eyJhIjoiYiJ9"
 
 
 def test_tunnel_refuses_without_a_token(project: ComposeProject, tmp_path: Path) -> None:

@@ -43,7 +43,7 @@ pytestmark = pytest.mark.skipif(
     reason="needs nginx and envsubst (Debian: apt-get install nginx gettext-base)",
 )
 
-API_KEY = "sk-test.Key+42/abc=_~"
+API_KEY = "sk-test.Key+42/abc=_~0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 DASH_USER = "ops admin"
 # Spaces, quotes, $, %, braces and '#': written to the password file as is.
@@ -78,10 +78,19 @@ def _nginx_log_on_failure() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NginxStack]:
-    """API key set, certificates present, 1k body limit."""
+    """API key set, 1k body limit, plain HTTP (with certificates, HTTP only
+    redirects /v1: tests/unit/test_gateway.py)."""
     tmp = tmp_path_factory.mktemp("nginx-secured")
-    certs = make_cert(tmp / "certs")
-    stack = _start(tmp, OPENAI_API_KEY=API_KEY, NGINX_CERTS_DIR=str(certs), NGINX_CLIENT_MAX_BODY_SIZE="1k")
+    stack = _start(tmp, OPENAI_API_KEY=API_KEY, NGINX_CLIENT_MAX_BODY_SIZE="1k")
+    yield stack
+    _stop(stack)
+
+
+@pytest.fixture(scope="module")
+def with_certs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NginxStack]:
+    """API key set, certificates present."""
+    tmp = tmp_path_factory.mktemp("nginx-certs")
+    stack = _start(tmp, OPENAI_API_KEY=API_KEY, NGINX_CERTS_DIR=str(make_cert(tmp / "certs")))
     yield stack
     _stop(stack)
 
@@ -149,13 +158,18 @@ def _render_ok(tmp_path: Path, **overrides: str) -> str:
 def test_render_defaults_passes_nginx_t(tmp_path: Path) -> None:
     text = _render_ok(tmp_path)
     assert "worker_processes auto;" in text
-    assert re.search(r"^\s*default 1;", text, re.M), "no key: the API must be open"
-    assert 'include "/dev/null";' in text, "no certificates: no HTTPS"
+    assert re.search(r'^\s*"" 1;', text, re.M), "no key on loopback: the API must be open"
+    assert (tmp_path / "conf" / "api-keys.conf").read_text() == ""
+    assert 'include "/dev/null";' in text and 'map "0:$https"' in text, "no certificates: no HTTPS"
     assert "client_max_body_size 10m;" in text and "proxy_read_timeout 600s;" in text
     assert "client_header_timeout 15s;" in text and "client_body_timeout 30s;" in text
-    # Limits off: empty zone keys, placeholder rate and count.
-    assert re.search(r'map "0" \$ray_llm_rate_key', text) and re.search(r'map "0" \$ray_llm_conn_key', text)
-    assert "rate=1r/s;" in text and "limit_conn ray_llm_api_conn 1;" in text
+    # .env's limits: requests in flight per address (256) and per key (64);
+    # the rates off (empty zone keys, placeholder rates).
+    assert re.search(r'map "0" \$ray_llm_rate_key', text) and re.search(r'map "1" \$ray_llm_conn_key', text)
+    assert re.search(r'map "0:\$api_key_name" \$ray_llm_key_rate_key', text)
+    assert re.search(r'map "1:\$api_key_name" \$ray_llm_key_conn_key', text)
+    assert "rate=1r/s;" in text and "limit_conn ray_llm_api_conn 256;" in text
+    assert "limit_conn ray_llm_key_conn 64;" in text
     # Dashboard off: nothing proxied to it, no password file.
     assert "include dashboard-off.conf;" in text
     assert not (tmp_path / "conf" / "dashboard.htpasswd").exists()
@@ -187,8 +201,10 @@ def test_render_with_limits_and_dashboard(tmp_path: Path) -> None:
 def test_render_with_key_and_workers(tmp_path: Path) -> None:
     text = _render_ok(tmp_path, OPENAI_API_KEY=API_KEY, NGINX_WORKER_PROCESSES="2")
     assert "worker_processes 2;" in text
-    assert re.search(r"^\s*default 0;", text, re.M)
-    assert '"~^Bearer sk-test[.]Key[+]42/abc=_~$" 1;' in text
+    assert re.search(r'^\s*"" 0;', text, re.M)
+    keys = (tmp_path / "conf" / "api-keys.conf").read_text()
+    assert keys == '"~^Bearer sk-test[.]Key[+]42/abc=_~0123456789abcdef$" "default";\n'
+    assert API_KEY not in text
 
 
 def test_render_with_certs_adds_https(tmp_path: Path) -> None:
@@ -229,6 +245,8 @@ def test_bad_key_is_refused_without_echoing_it(tmp_path: Path, bad_key: str) -> 
     ("NGINX_RATE_LIMIT", "10/s"), ("NGINX_RATE_LIMIT", "fast"), ("NGINX_RATE_LIMIT", "0r/s"),
     ("NGINX_RATE_LIMIT", "10r/s;"), ("NGINX_RATE_BURST", "-1"), ("NGINX_CONN_LIMIT", "two"),
     ("NGINX_CLIENT_HEADER_TIMEOUT", "soon"), ("NGINX_CLIENT_BODY_TIMEOUT", "1 m"),
+    ("NGINX_KEY_RATE_LIMIT", "5/s"), ("NGINX_KEY_RATE_BURST", "x"), ("NGINX_KEY_CONN_LIMIT", "-2"),
+    ("NGINX_ALLOW_OPEN_API", "yes"),
 ])
 def test_bad_setting_is_refused(tmp_path: Path, name: str, value: str) -> None:
     rendered = render(tmp_path / "conf", base_env(**{name: value}))
@@ -276,7 +294,7 @@ def test_bad_key_stops_the_image_render(shell: list[str], tmp_path: Path) -> Non
     assert "OPENAI_API_KEY" in bad.stderr and "ab;c" not in bad.stderr
     good = _render_sh(shell, base_env(OPENAI_API_KEY=API_KEY), tmp_path / "good")
     assert good.returncode == 0, good.stderr
-    assert "Bearer " + re.sub(r"([.+])", r"[\1]", API_KEY) in (tmp_path / "good" / "nginx.conf").read_text()
+    assert "Bearer " + re.sub(r"([.+])", r"[\1]", API_KEY) in (tmp_path / "good" / "api-keys.conf").read_text()
 
 
 @pytest.mark.parametrize("shell", SHELLS, ids=["sh", "busybox"])
@@ -292,13 +310,15 @@ def test_dashboard_checks_in_the_image_shells(shell: list[str], tmp_path: Path) 
     assert DASH_PASSWORD not in bad.stderr
 
 
+# Keys need at least 32 characters.
+PAD = "-0123456789abcdef0123456789"
 SECRETS_FILE_CASES = [
-    ("OPENAI_API_KEY=sk-plain\n", "sk-plain"),
-    ("OPENAI_API_KEY='sk-single'\n", "sk-single"),
-    ('OPENAI_API_KEY="sk-double"\n', "sk-double"),
-    ("export OPENAI_API_KEY=sk-exported\n", "sk-exported"),
-    ("  OPENAI_API_KEY=sk-comment # a note\n", "sk-comment"),
-    ("# OPENAI_API_KEY=sk-commented-out\nOPENAI_API_KEY=sk-real", "sk-real"),
+    (f"OPENAI_API_KEY=sk-plain{PAD}\n", f"sk-plain{PAD}"),
+    (f"OPENAI_API_KEY='sk-single{PAD}'\n", f"sk-single{PAD}"),
+    (f'OPENAI_API_KEY="sk-double{PAD}"\n', f"sk-double{PAD}"),
+    (f"export OPENAI_API_KEY=sk-exported{PAD}\n", f"sk-exported{PAD}"),
+    (f"  OPENAI_API_KEY=sk-comment{PAD} # a note\n", f"sk-comment{PAD}"),
+    (f"# OPENAI_API_KEY=sk-commented-out{PAD}\nOPENAI_API_KEY=sk-real{PAD}", f"sk-real{PAD}"),
     ("HF_TOKEN=hf_x\nOPENAI_API_KEY=\n", ""),
 ]
 
@@ -319,20 +339,21 @@ def test_secrets_file_is_read_like_python_dotenv(shell: list[str], tmp_path: Pat
     out = _render_sh(shell, env, tmp_path / "out")
     assert out.returncode == 0, out.stderr
     conf = (tmp_path / "out" / "nginx.conf").read_text()
+    keys = (tmp_path / "out" / "api-keys.conf").read_text()
     if expected:
-        assert f"~^Bearer {expected}$" in conf and "default 0;" in conf
+        assert keys == f'"~^Bearer {expected}$" "default";\n' and '"" 0;' in conf
     else:
-        assert "default 1;" in conf  # empty key: the API is open
-    assert "hf_x" not in conf  # only the four Nginx settings are taken
+        assert keys == "" and '"" 1;' in conf  # no key: the API is open (on loopback)
+    assert "hf_x" not in conf + keys  # only Nginx's settings are taken
 
 
 def test_environment_wins_over_the_secrets_file(tmp_path: Path) -> None:
     secrets = tmp_path / "secrets"
-    secrets.write_text("OPENAI_API_KEY=sk-from-file\n")
-    out = _render_sh(["sh"], base_env(RAY_LLM_SECRETS_FILE=str(secrets), OPENAI_API_KEY="sk-from-env"),
+    secrets.write_text(f"OPENAI_API_KEY=sk-from-file{PAD}\n")
+    out = _render_sh(["sh"], base_env(RAY_LLM_SECRETS_FILE=str(secrets), OPENAI_API_KEY=f"sk-from-env{PAD}"),
                      tmp_path / "out")
     assert out.returncode == 0, out.stderr
-    assert "sk-from-env" in (tmp_path / "out" / "nginx.conf").read_text()
+    assert "sk-from-env" in (tmp_path / "out" / "api-keys.conf").read_text()
 
 
 def test_unreadable_secrets_file_stops_the_render(tmp_path: Path) -> None:
@@ -518,17 +539,17 @@ def test_dashboard_is_read_only(dashboard_stack: NginxStack) -> None:
     assert len(stack.dashboard.seen) == before
 
 
-def test_https_when_certs_exist(secured: NginxStack) -> None:
+def test_https_when_certs_exist(with_certs: NginxStack) -> None:
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     with httpx.Client(verify=context, trust_env=False, timeout=10) as client:
-        r = client.get(secured.https_url + "/healthz")
-        api = client.get(secured.https_url + "/v1/models", headers=AUTH)
+        r = client.get(with_certs.https_url + "/healthz")
+        api = client.get(with_certs.https_url + "/v1/models", headers=AUTH)
     assert r.status_code == 200 and r.json() == {"status": "ok"}
     assert api.status_code == 200
     with httpx.Client(trust_env=False, timeout=10) as client:  # plain HTTP to the HTTPS port (497)
-        assert_json_error(client.get(f"http://127.0.0.1:{secured.env['NGINX_HTTPS_PORT']}/healthz"), 400,
+        assert_json_error(client.get(f"http://127.0.0.1:{with_certs.env['NGINX_HTTPS_PORT']}/healthz"), 400,
                           "http_to_https_port")
 
 
@@ -602,7 +623,7 @@ def test_rate_limit_answers_429_json(tmp_path: Path) -> None:
             for r in answers:
                 if r.status_code == 429:
                     assert assert_json_error(r, 429, "rate_limit_exceeded")["error"]["type"] == "rate_limit_error"
-            # Unauthenticated requests are refused before the limit (not counted, not 429).
+            # Unauthenticated requests have a budget of their own: a 401, not a 429.
             assert client.get(stack.url + "/v1/models").status_code == 401
             # The bucket drains at 2 requests per second.
             wait_for("a request under the rate limit",
@@ -611,7 +632,7 @@ def test_rate_limit_answers_429_json(tmp_path: Path) -> None:
         _stop(stack)
 
 
-def test_no_limits_by_default(open_stack: NginxStack) -> None:
+def test_default_limits_leave_normal_use_alone(open_stack: NginxStack) -> None:
     with open_stack.client() as client:
         codes = [client.get(open_stack.url + "/v1/models").status_code for _ in range(30)]
         with open_stack.client() as other, other.stream(

@@ -105,3 +105,28 @@ def test_hf_token_moves_from_environment_to_private_file(tmp_path: Path) -> None
                          env=clean_env(HF_TOKEN_PATH=environ["HF_TOKEN_PATH"]), text=True, capture_output=True,
                          timeout=60, check=True)
     assert out.stdout.strip() == PLANTED
+
+
+def test_the_serving_container_copies_only_the_servers_secrets() -> None:
+    """scripts/container-entrypoint.sh's list is deploy.py's SERVER_SECRETS."""
+    import re
+
+    from deploy import SERVER_SECRETS
+
+    script = (REPO_ROOT / "scripts" / "container-entrypoint.sh").read_text()
+    listed = re.search(r"^SERVER_SECRETS='([A-Z_|]+)'$", script, re.M)
+    assert listed and set(listed.group(1).split("|")) == SERVER_SECRETS
+
+
+def test_deploy_takes_only_its_own_secrets(tmp_path: Path) -> None:
+    """Nginx's keys, the tunnel token and Grafana's password never reach the
+    model server's environment, from the file or (host runs) the shell."""
+    from deploy import SERVER_SECRETS, drop_foreign_secrets, load_env_files
+
+    secrets = tmp_path / ".secrets"
+    secrets.write_text("HF_TOKEN=hf_x\nRAY_AUTH_TOKEN=tok\nOPENAI_API_KEY=sk-a\nAPI_KEY_team=sk-b\n"
+                       "CLOUDFLARE_TUNNEL_TOKEN=cf\nGRAFANA_ADMIN_PASSWORD=gp\nNGINX_DASHBOARD_PASSWORD=dp\n")
+    environ = {"API_KEY_shell": "sk-c", "NGINX_DASHBOARD_USER": "u", "PATH": "/bin"}
+    load_env_files(environ, (tmp_path / "no.env", secrets), SERVER_SECRETS)
+    drop_foreign_secrets(environ)
+    assert environ == {"HF_TOKEN": "hf_x", "RAY_AUTH_TOKEN": "tok", "PATH": "/bin"}

@@ -174,15 +174,37 @@ def load_config(environ: MutableMapping[str, str], profile: str | None) -> tuple
     return checks, settings, profile
 
 
+def api_key_names(environ: Mapping[str, str], settings: Settings) -> list[str]:
+    """Names of the API keys Nginx will accept (OPENAI_API_KEY is 'default')."""
+    names = ["default"] if settings.openai_api_key else []
+    return names + sorted(n.removeprefix("API_KEY_") for n, v in environ.items() if n.startswith("API_KEY_") and v)
+
+
 def open_api(environ: Mapping[str, str], settings: Settings) -> Check:
     bind = environ.get("NGINX_BIND_ADDRESS", "0.0.0.0")
-    if settings.openai_api_key:
-        return Check("api-key", PASS, "OPENAI_API_KEY is set: Nginx requires it")
+    names = api_key_names(environ, settings)
+    if names:
+        return Check("api-key", PASS, f"{len(names)} API key(s) ({', '.join(names)}): Nginx requires one")
     if bind.startswith(LOOPBACK):
-        return Check("api-key", WARN, f"OPENAI_API_KEY is empty, but Nginx binds {bind} only",
-                     "set OPENAI_API_KEY in .secrets before exposing the port")
-    return Check("api-key", FAIL, f"OPENAI_API_KEY is empty and Nginx binds {bind}: anyone who can reach "
-                 "the port can use the API", "set OPENAI_API_KEY in .secrets, or NGINX_BIND_ADDRESS=127.0.0.1")
+        return Check("api-key", WARN, f"no API key, but Nginx binds {bind} only",
+                     "set OPENAI_API_KEY (or API_KEY_<NAME>) in .secrets before exposing the port")
+    if environ.get("NGINX_ALLOW_OPEN_API") == "1":
+        return Check("api-key", FAIL, f"no API key, NGINX_BIND_ADDRESS={bind} and NGINX_ALLOW_OPEN_API=1: "
+                     "anyone who can reach the port can use the API",
+                     "set OPENAI_API_KEY (or API_KEY_<NAME>) in .secrets and NGINX_ALLOW_OPEN_API=0")
+    return Check("api-key", FAIL, f"no API key and Nginx binds {bind}: Nginx will refuse to start "
+                 "(it would let anyone who can reach the port use the API)",
+                 "set OPENAI_API_KEY in .secrets (openssl rand -hex 32), or NGINX_BIND_ADDRESS=127.0.0.1")
+
+
+def gateway_limits(environ: Mapping[str, str]) -> Check:
+    """Warns when a protection of the shared gateway is turned off."""
+    off = [name for name in ("NGINX_KEY_CONN_LIMIT", "NGINX_CONN_LIMIT") if environ.get(name, "").strip() in ("", "0")]
+    if off:
+        return Check("limits", WARN, f"{' and '.join(off)} off (0 or empty): one consumer or address can take "
+                     "every slot of the engine", "set them (.env documents the defaults)")
+    return Check("limits", PASS, f"requests in flight capped per key ({environ['NGINX_KEY_CONN_LIMIT']}) "
+                 f"and per address ({environ['NGINX_CONN_LIMIT']})")
 
 
 # --- Docker ------------------------------------------------------------------------
@@ -513,6 +535,7 @@ def run_checks(environ: MutableMapping[str, str], host: Host, profile: str | Non
     if settings is None:
         return checks
     checks.append(open_api(environ, settings))
+    checks.append(gateway_limits(environ))
     if gpu:
         checks += gpu_checks(host, settings)
     checks.append(shm_check(host, environ))

@@ -35,6 +35,13 @@ PROXY_CALLBACK = "openai_errors.proxy_middlewares"
 API_PREFIX = "/v1"
 # Largest error body read for rewriting; a longer one is cut (errors are small).
 MAX_ERROR_BODY = 64 * 1024
+# The error body again, as a response header Nginx reads: Nginx intercepts
+# every 404/5xx under /v1 (HAProxy answers those in text/plain while the app
+# starts or recovers) and answers with this header's JSON when it is there,
+# else with its own OpenAI-shaped error. Nginx never passes the header on.
+ERROR_HEADER = b"x-ray-llm-error"
+# Longest body copied into the header (Nginx's proxy_buffer_size is 16k).
+MAX_ERROR_HEADER = 8 * 1024
 
 # Default type and code per status (OpenAI: type is a category, code a
 # machine-readable reason or null). Nginx's error pages use the same codes.
@@ -225,6 +232,8 @@ class OpenAIErrorMiddleware:
         keep = [(k, v) for k, v in state["start"].get("headers", [])
                 if k.lower() not in (b"content-type", b"content-length")]
         headers = keep + [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        if len(body) <= MAX_ERROR_HEADER:  # json.dumps: ASCII, one line
+            headers.append((ERROR_HEADER, body))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
@@ -232,9 +241,11 @@ class OpenAIErrorMiddleware:
 def proxy_middlewares() -> list[Any]:
     """RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH target: the proxy's extra
     middlewares. Ray wraps in list order, so the readiness probe (which
-    answers in OpenAI's shape itself) is the outer one."""
+    answers in OpenAI's shape itself) is the outer one, and the request
+    bounds (REQUEST_MAX_N, REQUEST_MAX_TOKENS) the inner one."""
     from starlette.middleware import Middleware
 
     from readiness import ReadinessMiddleware
+    from request_bounds import RequestBoundsMiddleware
 
-    return [Middleware(OpenAIErrorMiddleware), Middleware(ReadinessMiddleware)]
+    return [Middleware(OpenAIErrorMiddleware), Middleware(ReadinessMiddleware), Middleware(RequestBoundsMiddleware)]

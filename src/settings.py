@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
 from engine_watchdog import DEFAULT_RECOVERY_TIMEOUT_S, DEFAULT_WATCHDOG_TIMEOUT_S
+from request_bounds import DEFAULT_MAX_N, DEFAULT_MAX_TOKENS
 
 T = TypeVar("T")
 
@@ -66,6 +67,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("RAY_SERVE_ENABLE_HA_PROXY", "1", "Alpha upstream: Ray's HAProxy takes HTTP in front of the ingress replicas (1), or Serve's Python proxy (0)."),
     Variable("RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING", "0", "Alpha upstream: the model replica serves HTTP itself behind Ray's HAProxy ingress (1, needs RAY_SERVE_ENABLE_HA_PROXY=1) or not (0)."),
     Variable("STREAM_BATCHING_INTERVAL_MS", str(DEFAULT_STREAM_BATCHING_INTERVAL_MS), "Ray Serve LLM writes streamed tokens in batches this often (ms); 0 = each token at once."),
+    Variable("REQUEST_MAX_N", str(DEFAULT_MAX_N), "Largest n (and best_of) one request may ask for; above it: 400 naming the parameter."),
+    Variable("REQUEST_MAX_TOKENS", str(DEFAULT_MAX_TOKENS), "Largest max_tokens (and max_completion_tokens) one request may ask for; above it: 400."),
     Variable("INGRESS_REPLICAS", "1", "Replicas of Ray Serve's OpenAI ingress (the hop every token passes); ignored with direct streaming."),
     Variable("RAY_API_HOST", "0.0.0.0", "Address Ray Serve's HTTP server and the dashboard bind."),
     Variable("RAY_API_PORT", "8000", "Port of the OpenAI-compatible API (Ray Serve HTTP)."),
@@ -138,6 +141,8 @@ class Settings:
     watchdog_timeout_s: int = DEFAULT_WATCHDOG_TIMEOUT_S
     watchdog_recovery_timeout_s: int = DEFAULT_RECOVERY_TIMEOUT_S
     stream_batching_interval_ms: int = DEFAULT_STREAM_BATCHING_INTERVAL_MS
+    request_max_n: int = DEFAULT_MAX_N
+    request_max_tokens: int = DEFAULT_MAX_TOKENS
     direct_streaming: bool = False
     grpc_between_deployments: bool = True
     haproxy_ingress: bool = True
@@ -553,6 +558,8 @@ def _parse_one(environ: Mapping[str, str]) -> Settings:
         watchdog_timeout_s=watchdog_timeout,
         watchdog_recovery_timeout_s=r.integer("WATCHDOG_RECOVERY_TIMEOUT", 0),
         stream_batching_interval_ms=r.integer("STREAM_BATCHING_INTERVAL_MS", 0, 1000),
+        request_max_n=r.integer("REQUEST_MAX_N", 1, 16384),
+        request_max_tokens=r.integer("REQUEST_MAX_TOKENS", 1, 10_000_000),
         direct_streaming=direct_streaming,
         grpc_between_deployments=r.integer("RAY_SERVE_USE_GRPC_BY_DEFAULT", 0, 1) == 1,
         haproxy_ingress=haproxy_ingress,

@@ -26,6 +26,8 @@ API_KEY = "sk-docker-Test_key.7f3a-0123456789abc"
 HF_TOKEN = "hf_DockerPlanted_51c9e0aa"
 RAY_TOKEN = "docker-ray-token-2b7d41"
 DASH_USER, DASH_PASSWORD = "admin", "docker-dash-pw-88e1"
+# Secrets of the profiles not started here: no container of the stack may see them.
+TUNNEL_TOKEN, GRAFANA_PASSWORD = "eyJ0dW5uZWwiOiJwbGFudGVkIn0", "docker-grafana-pw-41c7"
 GRACE = "30s"
 # A real user's .secrets: owned by someone other than the containers' users.
 SECRETS_OWNER = 1000
@@ -63,12 +65,22 @@ class ComposeStack:
 
     def __post_init__(self) -> None:
         self.secrets_file = self.work_dir / "secrets"
-        self.secrets_file.write_text(
-            f"OPENAI_API_KEY={API_KEY}\nHF_TOKEN={HF_TOKEN}\nRAY_AUTH_TOKEN={RAY_TOKEN}\n"
-            f"NGINX_DASHBOARD_USER={DASH_USER}\nNGINX_DASHBOARD_PASSWORD='{DASH_PASSWORD}'\n")
+        self.write_secrets()
         self.secrets_file.chmod(0o600)
         if os.geteuid() == 0:
             os.chown(self.secrets_file, SECRETS_OWNER, SECRETS_OWNER)
+
+    def write_secrets(self, extra: str = "") -> None:
+        """The stack's .secrets, rewritten in place (a mounted file keeps its inode)."""
+        with self.secrets_file.open("w") as handle:
+            handle.write(f"OPENAI_API_KEY={API_KEY}\nHF_TOKEN={HF_TOKEN}\nRAY_AUTH_TOKEN={RAY_TOKEN}\n"
+                         f"NGINX_DASHBOARD_USER={DASH_USER}\nNGINX_DASHBOARD_PASSWORD='{DASH_PASSWORD}'\n"
+                         f"CLOUDFLARE_TUNNEL_TOKEN={TUNNEL_TOKEN}\nGRAFANA_ADMIN_PASSWORD={GRAFANA_PASSWORD}\n"
+                         + extra)
+
+    @property
+    def https_url(self) -> str:
+        return f"https://127.0.0.1:{self.https_port}"
 
     @property
     def base_url(self) -> str:

@@ -70,6 +70,7 @@ class LocalStack:
             RAY_DASHBOARD_PORT=str(self.dashboard_port),
             RAY_METRICS_PORT=str(self.metrics_port),
             OPENAI_API_KEY=self.api_key or "",
+            NGINX_BIND_ADDRESS="127.0.0.1",
             DEVICE="cpu",
             MAX_NUM_SEQS="32",
             MAX_MODEL_LEN="2048",

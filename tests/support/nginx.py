@@ -252,6 +252,21 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, f"<html><body>ray dashboard {self.path}</body></html>".encode(), "text/html")
         elif self.path == "/v1/models":
             self._json(200, {"object": "list", "data": [{"id": "test-model", "object": "model"}]})
+        elif self.path.startswith("/v1/text-error/"):
+            # What Ray's HAProxy answers while the app starts or recovers.
+            self._send(int(self.path.rsplit("/", 1)[1]), b"Path '/v1/x' not found.", "text/plain")
+        elif self.path.startswith("/v1/app-error/"):
+            # What src/openai_errors.py sends: the JSON, and the same in X-Ray-LLM-Error.
+            status = int(self.path.rsplit("/", 1)[1])
+            body = json.dumps({"error": {"message": f"app error {status}", "type": "invalid_request_error",
+                                         "param": None, "code": f"app_{status}"}})
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("X-Ray-LLM-Error", body)
+            self._echo_headers()
+            self.end_headers()
+            self.wfile.write(body.encode())
         elif self.path == "/v1/hang":
             self.server.release.wait(timeout=30)  # bounded; stop() releases it
             if self.server.release.is_set():

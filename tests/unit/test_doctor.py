@@ -240,8 +240,18 @@ def test_secrets_permissions(doc: Doctor) -> None:
 
 def test_open_api(doc: Doctor) -> None:
     doc.secrets.write_text("OPENAI_API_KEY=\n")
-    assert "anyone who can reach the port" in failed(doc.checks())["api-key"]
+    assert "Nginx will refuse to start" in failed(doc.checks())["api-key"]
+    assert "anyone who can reach the port" in failed(doc.checks(NGINX_ALLOW_OPEN_API="1"))["api-key"]
     assert doc.checks(NGINX_BIND_ADDRESS="127.0.0.1")["api-key"].status == doctor.WARN
+    doc.secrets.write_text("OPENAI_API_KEY=\nAPI_KEY_team_a=sk-0123456789abcdef0123456789abcdef\n")
+    check = doc.checks()["api-key"]
+    assert check.status == doctor.PASS and "team_a" in check.message and "sk-0123" not in check.message
+
+
+def test_gateway_limits_turned_off_are_warned_about(doc: Doctor) -> None:
+    assert doc.checks()["limits"].status == doctor.PASS
+    warned = doc.checks(NGINX_KEY_CONN_LIMIT="0")["limits"]
+    assert warned.status == doctor.WARN and "NGINX_KEY_CONN_LIMIT" in warned.message
 
 
 def test_busy_port(doc: Doctor) -> None:

@@ -262,6 +262,30 @@ def test_connections_per_address_are_capped_before_the_key_is_checked(tmp_path: 
         stack.stop()
 
 
+# --- 5. OpenAI errors in every window ----------------------------------------------------
+
+@pytest.mark.parametrize(("status", "answered", "code"), [
+    (404, 503, "model_not_ready"), (500, 503, "service_unavailable"), (502, 503, "model_server_unavailable"),
+    (503, 503, "service_unavailable"), (504, 504, "upstream_timeout"),
+])
+def test_text_errors_from_upstream_leave_in_openai_shape(keyed: NginxStack, status: int, answered: int,
+                                                        code: str) -> None:
+    """HAProxy's text/plain answers (app starting, restarting, recovering)."""
+    with keyed.client() as client:
+        r = client.get(keyed.url + f"/v1/text-error/{status}", headers=bearer(KEY_A))
+    json_error(r, answered, code)
+    assert "X-Ray-LLM-Error" not in r.headers
+
+
+@pytest.mark.parametrize("status", [404, 500, 502, 503, 504])
+def test_the_model_servers_own_errors_pass_unchanged(keyed: NginxStack, status: int) -> None:
+    with keyed.client() as client:
+        r = client.get(keyed.url + f"/v1/app-error/{status}", headers=bearer(KEY_A))
+    error = json_error(r, status, f"app_{status}")
+    assert error["message"] == f"app error {status}" and "X-Ray-LLM-Error" not in r.headers
+    assert r.headers["X-Request-Id"]
+
+
 # --- 7. TLS -----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

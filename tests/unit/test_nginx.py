@@ -433,8 +433,9 @@ def test_healthz_and_unknown_paths(open_stack: NginxStack) -> None:
     assert "server" not in health.headers or health.headers["server"] == "nginx"  # server_tokens off
     assert_json_error(unknown, 404, "not_found")
     assert_json_error(root, 404, "not_found")
-    # Upstream errors pass through unchanged.
-    assert upstream_404.status_code == 404 and upstream_404.json()["error"]["code"] == "upstream_404"
+    # An upstream 404 without the model server's X-Ray-LLM-Error (HAProxy's
+    # "not routed yet"): retry later (tests/unit/test_gateway.py has the rest).
+    assert_json_error(upstream_404, 503, "model_not_ready")
     assert_json_error(trace, 405)
 
 

@@ -130,6 +130,8 @@ def test_middleware_on_a_real_asgi_app() -> None:
             assert r.status_code == 404 and r.headers["content-type"] == "application/json"
             assert int(r.headers["content-length"]) == len(r.content)
             assert shape(r.json())["code"] == "model_not_found"
+            # The same JSON for Nginx, which intercepts every upstream 404/5xx.
+            assert r.headers["x-ray-llm-error"] == r.text
             r = await client.put("/v1/chat/completions")
             assert r.status_code == 405 and shape(r.json())["code"] == "method_not_allowed"
             r = await client.get("/v1/plain")
@@ -142,3 +144,67 @@ def test_middleware_on_a_real_asgi_app() -> None:
             assert (r.status_code, r.text) == (503, "not ok")
 
     asyncio.run(go())
+
+
+# --- Request bounds (REQUEST_MAX_N, REQUEST_MAX_TOKENS) ------------------------------
+
+def run_bounds(path: str, body: bytes, **environ: str) -> tuple[list[dict], bytes | None]:
+    """RequestBoundsMiddleware around an app that echoes the body it received."""
+    import asyncio
+    import os
+    from unittest import mock
+
+    from request_bounds import RequestBoundsMiddleware
+
+    received: list[bytes] = []
+
+    async def app(scope: dict, receive, send) -> None:  # type: ignore[no-untyped-def]
+        chunks = b""
+        while True:
+            message = await receive()
+            chunks += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        received.append(chunks)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    sent: list[dict] = []
+    parts = [body[:5], body[5:]]
+    messages = iter([{"type": "http.request", "body": parts[0], "more_body": True},
+                     {"type": "http.request", "body": parts[1], "more_body": False}])
+
+    async def receive() -> dict:
+        return next(messages)
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    with mock.patch.dict(os.environ, environ):
+        middleware = RequestBoundsMiddleware(app)
+    asyncio.run(middleware({"type": "http", "method": "POST", "path": path}, receive, send))
+    return sent, received[0] if received else None
+
+
+@pytest.mark.parametrize(("field", "value", "variable"), [
+    ("n", 9, "REQUEST_MAX_N"), ("best_of", 9, "REQUEST_MAX_N"),
+    ("max_tokens", 4097, "REQUEST_MAX_TOKENS"), ("max_completion_tokens", 4097, "REQUEST_MAX_TOKENS"),
+])
+def test_requests_above_the_bounds_get_400_naming_the_parameter(field: str, value: int, variable: str) -> None:
+    sent, forwarded = run_bounds("/v1/chat/completions", json.dumps({"model": "m", field: value}).encode(),
+                                 REQUEST_MAX_N="8", REQUEST_MAX_TOKENS="4096")
+    assert forwarded is None and sent[0]["status"] == 400
+    error = json.loads(sent[1]["body"])["error"]
+    assert error["param"] == field and error["type"] == "invalid_request_error" and str(value) in error["message"]
+
+
+def test_requests_within_the_bounds_pass_with_their_body() -> None:
+    body = json.dumps({"model": "m", "n": 8, "max_tokens": 4096, "prompt": "x" * 100}).encode()
+    sent, forwarded = run_bounds("/v1/completions", body, REQUEST_MAX_N="8", REQUEST_MAX_TOKENS="4096")
+    assert forwarded == body and sent[0]["status"] == 200
+    # Not JSON: left to the engine's own validation, body intact.
+    sent, forwarded = run_bounds("/v1/completions", b"not json at all", REQUEST_MAX_N="8")
+    assert forwarded == b"not json at all"
+    # Other paths are not read.
+    sent, forwarded = run_bounds("/v1/embeddings", json.dumps({"n": 100}).encode(), REQUEST_MAX_N="8")
+    assert forwarded is not None

@@ -8,6 +8,7 @@ Timings go to .runtime/docker-timings.json (scripts/test.sh prints them).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -35,14 +36,17 @@ from support import (
 from support.compose_stack import (
     API_KEY,
     DASH_PASSWORD,
+    GRAFANA_PASSWORD,
     HF_TOKEN,
     MODEL,
     NGINX,
     RAY_TOKEN,
     SERVE,
+    TUNNEL_TOKEN,
     ComposeStack,
     wait_for,
 )
+from support.nginx import make_cert
 from support.fake_hub import FakeHub
 
 pytestmark = pytest.mark.docker
@@ -227,16 +231,23 @@ def test_tunnel_refuses_to_start_without_an_api_key_inside_compose(up: ComposeSt
                              timeout=300, check=False)
         assert out.returncode != 0, out.stdout + out.stderr
         said = out.stdout + out.stderr  # compose run -T: the container's stderr may come on either
-        assert "OPENAI_API_KEY is empty" in said and "eyJ0" not in said, said
+        assert "OPENAI_API_KEY or API_KEY_* is empty" in said and "eyJ0" not in said, said
     finally:
         up.docker("volume", "rm", "-f", f"{up.project}_tunnel-secret")
 
 
-def test_ray_ports_are_published_on_loopback_only(up: ComposeStack) -> None:
-    ports = up.inspect(up.container(SERVE))["NetworkSettings"]["Ports"]
-    bound = [b for bindings in ports.values() if bindings for b in bindings]
-    assert {int(b["HostPort"]) for b in bound} == {up.api_port, up.dashboard_port}
-    assert {b["HostIp"] for b in bound} == {"127.0.0.1"}
+def published_ports(s: ComposeStack, service: str) -> set[tuple[str, int]]:
+    ports = s.inspect(s.container(service))["NetworkSettings"]["Ports"]
+    return {(b["HostIp"], int(b["HostPort"])) for bindings in ports.values() if bindings for b in bindings}
+
+
+def test_nothing_but_nginx_is_published(up: ComposeStack) -> None:
+    """No way around the key: Ray Serve's and the dashboard's ports stay in
+    the Compose network; the dashboard is Nginx's /dashboard/ (behind its password)."""
+    assert published_ports(up, SERVE) == set()
+    assert published_ports(up, NGINX) == {("127.0.0.1", up.http_port), ("127.0.0.1", up.https_port)}
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{up.api_port}/v1/models", timeout=5)
 
 
 def test_serving_processes_run_as_the_non_root_user(up: ComposeStack) -> None:
@@ -348,6 +359,254 @@ def test_no_secret_in_docker_inspect(up: ComposeStack) -> None:
     assert dash.status_code == 200, dash.text
 
 
+# --- The shared gateway (issue 24) -----------------------------------------------
+
+def test_nginx_refuses_an_open_api_on_a_public_address_inside_compose(up: ComposeStack, tmp_path: Path) -> None:
+    """.secrets without a key and NGINX_BIND_ADDRESS=0.0.0.0: the nginx
+    container stops at its start, naming the variables."""
+    secrets = tmp_path / "secrets"
+    secrets.write_text(f"HF_TOKEN={HF_TOKEN}\n")
+    secrets.chmod(0o600)
+    env = {**up.env(), "SECRETS_FILE": str(secrets), "NGINX_BIND_ADDRESS": "0.0.0.0"}
+    out = subprocess.run(["docker", "compose", "run", "--rm", "--no-deps", "-T", NGINX], cwd=REPO_ROOT, env=env,
+                         text=True, capture_output=True, timeout=300, check=False)
+    said = out.stdout + out.stderr
+    assert out.returncode != 0, said
+    assert "no API key is set" in said and "NGINX_BIND_ADDRESS=0.0.0.0" in said and "NGINX_ALLOW_OPEN_API" in said
+
+
+def nginx_access_log(s: ComposeStack) -> list[dict[str, Any]]:
+    out = s.compose("logs", "--no-color", "--no-log-prefix", NGINX, timeout=60).stdout
+    return [json.loads(line) for line in out.splitlines() if line.startswith('{"time"')]
+
+
+KEY_B = "sk-compose-team-b-0123456789abcdef0123"
+KEY_C = "sk-compose-team-c-0123456789abcdef0123"
+
+
+def reload_nginx(s: ComposeStack) -> subprocess.CompletedProcess[str]:
+    """The user's command after editing .secrets."""
+    return subprocess.run([str(REPO_ROOT / "scripts" / "reload-nginx.sh")], cwd=REPO_ROOT, env=s.env(),
+                          text=True, capture_output=True, timeout=120, check=False)
+
+
+def long_stream(s: ComposeStack, key: str, outcome: dict[str, object], tokens: int = 400) -> threading.Thread:
+    """A chat stream of TOKENS tokens in the background; returns once it has started."""
+    started = threading.Event()
+
+    def run() -> None:
+        try:
+            for chunk in client(s, key=key, timeout=300).chat.completions.create(
+                    model=MODEL, stream=True, max_tokens=tokens, extra_body={"ignore_eos": True},
+                    stream_options={"include_usage": True}, messages=[{"role": "user", "content": "count"}]):
+                started.set()
+                if chunk.usage:
+                    outcome["completion_tokens"] = chunk.usage.completion_tokens
+        except openai.OpenAIError as err:
+            outcome["error"] = repr(err)
+        finally:
+            started.set()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert started.wait(120), "the stream never started"
+    return thread
+
+
+def test_named_keys_are_added_and_revoked_with_a_reload_inside_compose(up: ComposeStack) -> None:
+    """Edit .secrets, run scripts/reload-nginx.sh: the new key works at once, a
+    revoked key gets 401, a stream in flight finishes, the model server is not
+    restarted, and the log shows the key's name, never the key."""
+    serve_started = up.inspect(up.container(SERVE))["State"]["StartedAt"]
+    with pytest.raises(openai.AuthenticationError):
+        client(up, key=KEY_B).models.list()
+    outcome: dict[str, object] = {}
+    thread = long_stream(up, API_KEY, outcome)
+    try:
+        up.write_secrets(f"API_KEY_team_b={KEY_B}\n")
+        out = reload_nginx(up)
+        assert out.returncode == 0 and "2 API key(s)" in out.stdout + out.stderr, out.stdout + out.stderr
+        assert [m.id for m in client(up, key=KEY_B).models.list().data] == [MODEL]
+        # Revoked: team_b gone, default kept.
+        up.write_secrets()
+        assert reload_nginx(up).returncode == 0
+        with pytest.raises(openai.AuthenticationError):
+            client(up, key=KEY_B).models.list()
+        # A bad edit (a key too short) is refused and changes nothing.
+        up.write_secrets("API_KEY_team_c=short-key\n")
+        out = reload_nginx(up)
+        assert out.returncode != 0 and "API_KEY_team_c" in out.stderr and "short-key" not in out.stderr, out.stderr
+        assert chat_ok(up)
+    finally:
+        up.write_secrets()
+        thread.join(300)
+    assert outcome == {"completion_tokens": 400}, outcome
+    assert up.inspect(up.container(SERVE))["State"]["StartedAt"] == serve_started
+    names = {entry["key_name"] for entry in nginx_access_log(up)}
+    assert {"default", "team_b", ""} <= names, names
+    logs = up.compose("logs", "--no-color", timeout=60).stdout
+    assert KEY_B not in logs and API_KEY not in logs
+
+
+def recreate_nginx(s: ComposeStack, **settings: str) -> None:
+    s.extra_env.update(settings)
+    out = s.compose("up", "-d", "--wait", "--no-deps", NGINX, timeout=300)
+    assert out.returncode == 0, out.stderr + s.logs()
+
+
+def timed_completion(s: ComposeStack, key: str, base_url: str) -> float:
+    started = time.monotonic()
+    r = httpx.post(base_url + "/v1/completions", headers={"Authorization": f"Bearer {key}"}, verify=False,
+                   json={"model": MODEL, "prompt": "hello", "max_tokens": 4}, timeout=60)
+    assert r.status_code == 200, r.text
+    return time.monotonic() - started
+
+
+def test_per_key_limits_fairness_and_tls_inside_compose(up: ComposeStack) -> None:
+    """Nginx recreated with NGINX_KEY_CONN_LIMIT=2 and a certificate:
+    - team_c at its limit (2 streams) gets 429 with Retry-After, and the
+      default key is served meanwhile at about its idle latency;
+    - TLS: HSTS, plain HTTP /v1 redirected, /healthz on HTTP, TLS 1.1 refused."""
+    certs = make_cert(up.work_dir / "certs")
+    up.write_secrets(f"API_KEY_team_c={KEY_C}\n")
+    recreate_nginx(up, NGINX_KEY_CONN_LIMIT="2", NGINX_CERTS_DIR=str(certs))
+    try:
+        https = up.https_url
+        idle = sorted(timed_completion(up, API_KEY, https) for _ in range(3))[1]
+        outcomes: list[dict[str, object]] = [{}, {}]
+        streams = [long_stream(up, KEY_C, outcome, tokens=300) for outcome in outcomes]
+        refused = httpx.get(https + "/v1/models", headers={"Authorization": f"Bearer {KEY_C}"}, verify=False,
+                            timeout=30)
+        assert refused.status_code == 429 and refused.headers["Retry-After"] == "1", refused.text
+        assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+        busy = sorted(timed_completion(up, API_KEY, https) for _ in range(3))[1]
+        print(f"\nfairness: default key's completion median {idle * 1000:.0f} ms idle, "
+              f"{busy * 1000:.0f} ms while team_c holds its 2 streams")
+        # Served, and not queued behind team_c: a 4-token completion beside two streams.
+        assert busy < idle * 4 + 1.0, (idle, busy)
+        for thread in streams:
+            thread.join(300)
+        assert outcomes == [{"completion_tokens": 300}] * 2, outcomes
+        # TLS: HSTS on HTTPS; plain HTTP redirects /v1 and keeps /healthz.
+        r = httpx.get(https + "/v1/models", headers={"Authorization": f"Bearer {API_KEY}"}, verify=False, timeout=30)
+        assert r.status_code == 200 and r.headers["Strict-Transport-Security"] == "max-age=63072000"
+        plain = httpx.get(up.base_url + "/v1/models", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30)
+        assert plain.status_code == 308 and plain.headers["Location"].startswith(f"https://127.0.0.1:{up.https_port}/v1/")
+        assert httpx.get(up.base_url + "/healthz", timeout=10).status_code == 200
+        old = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{up.https_port}", "-tls1_1",
+                              "-cipher", "DEFAULT@SECLEVEL=0"], input="", text=True, capture_output=True,
+                             timeout=30, check=False)
+        assert old.returncode != 0 and "alert protocol version" in old.stderr, old.stderr
+    finally:
+        up.write_secrets()
+        for name in ("NGINX_KEY_CONN_LIMIT", "NGINX_CERTS_DIR"):
+            up.extra_env.pop(name, None)
+        recreate_nginx(up)
+
+
+def process_environments(s: ComposeStack, service: str) -> dict[int, str]:
+    """/proc/<pid>/environ of every process of the service's container, read
+    from the host (the suite runs as root; `docker top` gives host PIDs)."""
+    top = s.docker("top", s.container(service), "-eo", "pid")
+    assert top.returncode == 0, top.stderr
+    environments: dict[int, str] = {}
+    for pid in (int(line) for line in top.stdout.split()[1:]):
+        try:
+            environments[pid] = Path(f"/proc/{pid}/environ").read_bytes().replace(b"\0", b"\n").decode(errors="replace")
+        except FileNotFoundError:  # exited meanwhile
+            continue
+    return environments
+
+
+def test_each_process_gets_only_the_secrets_it_needs(up: ComposeStack) -> None:
+    """/proc/<pid>/environ of every process of each container: the model server
+    never holds Nginx's keys or passwords, the tunnel token or Grafana's
+    password; Nginx never holds the HF token, the tunnel token or Grafana's
+    password. The server's private copy of .secrets has only its two lines."""
+    never = {SERVE: [API_KEY, DASH_PASSWORD, TUNNEL_TOKEN, GRAFANA_PASSWORD, HF_TOKEN],
+             NGINX: [HF_TOKEN, TUNNEL_TOKEN, GRAFANA_PASSWORD]}
+    for service, values in never.items():
+        environments = process_environments(up, service)
+        assert len(environments) >= (10 if service == SERVE else 2), environments.keys()
+        for pid, environ in environments.items():
+            for value in values:
+                assert value not in environ, f"{service} {pid} holds a secret it does not need"
+    # Ray's own processes do hold Ray's token (they need it); the HF token went to a file.
+    assert any(RAY_TOKEN in environ for environ in process_environments(up, SERVE).values())
+    copy = up.docker("exec", up.container(SERVE), "cat", "/run/ray-llm/secrets")
+    assert copy.returncode == 0, copy.stderr
+    assert sorted(line.split("=", 1)[0] for line in copy.stdout.splitlines()) == ["HF_TOKEN", "RAY_AUTH_TOKEN"]
+
+
+def test_request_bounds_inside_compose(up: ComposeStack) -> None:
+    """.env's REQUEST_MAX_N (8) and REQUEST_MAX_TOKENS (4096), in Ray Serve's proxy."""
+    for extra, param in (({"n": 9}, "n"), ({"max_tokens": 4097}, "max_tokens")):
+        with pytest.raises(openai.BadRequestError) as err:
+            client(up).completions.create(model=MODEL, prompt="hi", **extra)  # type: ignore[call-overload]
+        assert err.value.body["param"] == param and err.value.body["code"] == "value_above_server_limit", err.value.body
+    reply = client(up).completions.create(model=MODEL, prompt="hi", n=2, max_tokens=2)
+    assert len(reply.choices) == 2
+
+
+def test_tmpfs_a_client_can_fill_has_a_size_inside_compose(up: ComposeStack) -> None:
+    tmpfs = up.inspect(up.container(NGINX))["HostConfig"]["Tmpfs"]
+    assert tmpfs == {"/etc/nginx/conf.d": "mode=0755,size=4m", "/tmp": "mode=1777,size=256m"}, tmpfs
+    df = up.docker("exec", up.container(NGINX), "df", "-k", "/tmp")
+    assert df.returncode == 0 and " 262144 " in df.stdout, df.stdout
+    # Bodies above NGINX_CLIENT_MAX_BODY_SIZE (10m) never reach the tmpfs.
+    r = httpx.post(up.base_url + "/v1/completions", timeout=60,
+                   headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"},
+                   content=b'{"prompt": "' + b"x" * (11 * 1024 * 1024) + b'"}')
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large", r.text
+
+
+# --- Every answer under /v1 while the model server comes and goes ----------------
+
+def openai_shaped(status: int, content_type: str, text: str) -> bool:
+    if status == 200:
+        return True
+    if not content_type.startswith("application/json"):
+        return False
+    try:
+        error = json.loads(text)["error"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return isinstance(error, dict) and set(error) == {"message", "type", "param", "code"}
+
+
+@contextlib.contextmanager
+def every_answer_checked(s: ComposeStack, window: str) -> Iterator[list[tuple[int, str, str]]]:
+    """Completions sent one after another, 4 per second, for the with-block:
+    afterwards each answer must be a 200 or an error in OpenAI's shape (never
+    HAProxy's or Nginx's text), and some must have failed (the window was hit)."""
+    answers: list[tuple[int, str, str]] = []
+    stop = threading.Event()
+
+    def probe() -> None:
+        with httpx.Client(timeout=120) as http:
+            while not stop.is_set():
+                try:
+                    r = http.post(s.base_url + "/v1/completions", headers={"Authorization": f"Bearer {API_KEY}"},
+                                  json={"model": MODEL, "prompt": "hi", "max_tokens": 1})
+                    answers.append((r.status_code, r.headers.get("content-type", ""), r.text[:500]))
+                except httpx.HTTPError as err:
+                    answers.append((0, "", repr(err)))
+                stop.wait(0.25)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    try:
+        yield answers
+    finally:
+        stop.set()
+        thread.join(150)
+    statuses = sorted({a[0] for a in answers})
+    print(f"\n{window}: {len(answers)} answers, statuses {statuses}")
+    bad = [a for a in answers if not openai_shaped(*a)]
+    assert not bad, f"{window}: answers not in OpenAI's shape: {bad[:5]}"
+    assert any(a[0] != 200 for a in answers), f"{window}: no request fell into the window ({statuses})"
+
+
 KILL_DEPLOY_PY = """
 import os, signal
 for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -362,12 +621,13 @@ def test_killed_model_server_is_restarted_by_the_restart_policy(up: ComposeStack
     serve_id = up.container(SERVE)
     restarts = up.inspect(serve_id)["RestartCount"]
     started = time.monotonic()
-    # The image has no pkill: find deploy.py's Python process in /proc.
-    kill = up.docker("exec", serve_id, "python", "-c", KILL_DEPLOY_PY)
-    assert kill.returncode == 0 and kill.stdout.strip(), kill.stdout + kill.stderr
-    wait_for("a restart", lambda: up.inspect(serve_id)["RestartCount"] > restarts, timeout=120, interval=1)
-    wait_for("healthy again", lambda: up.health(SERVE) == "healthy", timeout=900, interval=3)
-    wait_for("a completion through nginx", lambda: chat_ok(up), timeout=120)
+    with every_answer_checked(up, "model server killed (HAProxy ingress)"):
+        # The image has no pkill: find deploy.py's Python process in /proc.
+        kill = up.docker("exec", serve_id, "python", "-c", KILL_DEPLOY_PY)
+        assert kill.returncode == 0 and kill.stdout.strip(), kill.stdout + kill.stderr
+        wait_for("a restart", lambda: up.inspect(serve_id)["RestartCount"] > restarts, timeout=120, interval=1)
+        wait_for("healthy again", lambda: up.health(SERVE) == "healthy", timeout=900, interval=3)
+        wait_for("a completion through nginx", lambda: chat_ok(up), timeout=120)
     record("kill_to_serving_s", time.monotonic() - started)
 
 
@@ -383,10 +643,11 @@ def test_frozen_engine_in_the_container_is_replaced(up: ComposeStack) -> None:
     pids = engine_pids(up)
     assert pids, "no EngineCore process in the container"
     started = time.monotonic()
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
     try:
-        wait_for("a completion through nginx after the freeze", lambda: chat_ok(up), timeout=600, interval=3)
+        with every_answer_checked(up, "engine frozen, watchdog recovery (HAProxy ingress)"):
+            for pid in pids:
+                os.kill(pid, signal.SIGSTOP)
+            wait_for("a completion through nginx after the freeze", lambda: chat_ok(up), timeout=600, interval=3)
         record("freeze_to_serving_s", time.monotonic() - started)
         assert all(process_gone(pid) for pid in pids), "the frozen engine was not killed"
         logs = up.compose("logs", "--no-color", SERVE, timeout=60).stdout
@@ -414,9 +675,13 @@ def test_recreated_model_server_serves_two_models_and_nginx_follows(up: ComposeS
     # The single-model variables emptied, as .env must have them beside MODELS_FILE.
     up.extra_env.update(MODELS_FILE=str(models), CPU_MODEL_ID="", SERVED_MODEL_NAME="", MODEL_SOURCE="",
                         # Longer than the next test's freeze (readiness, not the watchdog, is tested there).
-                        WATCHDOG_TIMEOUT="90")
+                        WATCHDOG_TIMEOUT="90",
+                        # Serve's own Python proxy from here on: the start-up window
+                        # and the rest of the file run without the HAProxy ingress.
+                        RAY_SERVE_ENABLE_HA_PROXY="0")
     started = time.monotonic()
-    out = up.compose("up", "-d", "--wait", timeout=1200)  # the user's command; Compose sees the change
+    with every_answer_checked(up, "model server recreated, start-up (Serve's Python proxy)"):
+        out = up.compose("up", "-d", "--wait", timeout=1200)  # the user's command; Compose sees the change
     assert out.returncode == 0, out.stderr + up.logs()
     assert up.container(SERVE) != old_serve, "a changed MODELS_FILE must recreate the model server"
     wait_for("a completion through nginx", lambda: chat_ok(up), timeout=120)
@@ -456,10 +721,26 @@ def healthcheck(s: ComposeStack) -> subprocess.CompletedProcess[str]:
                     "/app/src/healthcheck.py", timeout=120)
 
 
+RAY_PROBE_PY = """
+import json, os, sys, urllib.error, urllib.request
+request = urllib.request.Request(f"http://127.0.0.1:{os.environ['RAY_API_PORT']}/v1/completions", method="POST",
+                                 data=b'{"prompt": "ping", "max_tokens": 1}',
+                                 headers={"Content-Type": "application/json", "X-Ray-LLM-Ready": "all"})
+try:
+    with urllib.request.urlopen(request, timeout=float(sys.argv[1])) as answer:
+        print(answer.status, answer.read().decode())
+except urllib.error.HTTPError as err:
+    print(err.code, err.read().decode())
+"""
+
+
 def ray_probe(s: ComposeStack, timeout: float = 60) -> httpx.Response:
-    """The healthcheck's request to Ray Serve's published loopback port, for its JSON."""
-    return httpx.post(f"http://127.0.0.1:{s.api_port}/v1/completions", json={"prompt": "ping", "max_tokens": 1},
-                      headers=READY_HEADER, timeout=timeout)
+    """The healthcheck's request to Ray Serve, inside the container (no Ray
+    port is published), for its status and JSON."""
+    out = s.docker("exec", s.container(SERVE), "python", "-c", RAY_PROBE_PY, str(timeout), timeout=timeout + 30)
+    assert out.returncode == 0, out.stderr
+    status, body = out.stdout.strip().split(" ", 1)
+    return httpx.Response(int(status), content=body.encode(), headers={"content-type": "application/json"})
 
 
 def test_readiness_names_the_model_that_does_not_answer(up: ComposeStack) -> None:

@@ -240,12 +240,15 @@ class OpenAIErrorMiddleware:
 
 def proxy_middlewares() -> list[Any]:
     """RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH target: the proxy's extra
-    middlewares. Ray wraps in list order, so the readiness probe (which
-    answers in OpenAI's shape itself) is the outer one, and the request
-    bounds (REQUEST_MAX_N, REQUEST_MAX_TOKENS) the inner one."""
+    middlewares. Ray wraps in list order: the per-key usage counters
+    (key_usage) see the answers as clients get them; the readiness probe
+    answers in OpenAI's shape itself; the request bounds (REQUEST_MAX_N,
+    REQUEST_MAX_TOKENS) are the inner one."""
     from starlette.middleware import Middleware
 
+    from key_usage import KeyUsageMiddleware
     from readiness import ReadinessMiddleware
     from request_bounds import RequestBoundsMiddleware
 
-    return [Middleware(OpenAIErrorMiddleware), Middleware(ReadinessMiddleware), Middleware(RequestBoundsMiddleware)]
+    return [Middleware(KeyUsageMiddleware), Middleware(OpenAIErrorMiddleware), Middleware(ReadinessMiddleware),
+            Middleware(RequestBoundsMiddleware)]

@@ -277,7 +277,7 @@ def test_text_errors_from_upstream_leave_in_openai_shape(keyed: NginxStack, stat
     assert "X-Ray-LLM-Error" not in r.headers
 
 
-@pytest.mark.parametrize("status", [404, 500, 502, 503, 504])
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 405, 413, 415, 429, 431, 500, 501, 502, 503, 504])
 def test_the_model_servers_own_errors_pass_unchanged(keyed: NginxStack, status: int) -> None:
     with keyed.client() as client:
         r = client.get(keyed.url + f"/v1/app-error/{status}", headers=bearer(KEY_A))

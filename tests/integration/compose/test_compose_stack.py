@@ -97,7 +97,11 @@ def up(stack: ComposeStack) -> ComposeStack:
     return stack
 
 
-def client(s: ComposeStack, key: str | None = API_KEY, timeout: float = 60) -> openai.OpenAI:
+def client(s: ComposeStack, key: str | None = API_KEY, timeout: float = 60, tls: bool = False) -> openai.OpenAI:
+    """The openai client on Nginx's HTTP port, or its HTTPS one (the test's self-signed certificate)."""
+    if tls:
+        return openai.OpenAI(base_url=s.https_url + "/v1", api_key=key or "none", max_retries=0, timeout=timeout,
+                             http_client=httpx.Client(verify=False, timeout=timeout))
     return openai.OpenAI(base_url=s.base_url + "/v1", api_key=key or "none", max_retries=0, timeout=timeout)
 
 
@@ -213,9 +217,50 @@ def test_monitoring_profile_scrapes_ray_vllm_and_nginx_inside_compose(up: Compos
         wait_for(f"{query} to grow by 10 from {before}", lambda: prometheus_query(up, query) >= before + 10,
                  timeout=120)
         assert prometheus_query(up, 'sum(nginx_http_requests_total{job="nginx"})') >= 1
+        per_key_usage_matches_the_answers(up)
     finally:
         up.compose("--profile", "cpu", "--profile", "monitoring", "rm", "--stop", "--force", *services, timeout=120)
         up.docker("volume", "rm", "-f", f"{up.project}_prometheus-data")
+
+
+KEY_SERIES = ("ray_llm_key_prompt_tokens_total", "ray_llm_key_completion_tokens_total",
+              'ray_llm_key_requests_total{status="200"}', "ray_llm_key_time_to_first_token_seconds_count")
+
+
+def key_totals(s: ComposeStack) -> tuple[float, ...]:
+    """The default key's series (0 before their first sample)."""
+    def total(series: str) -> float:
+        selector = series.replace("{", '{key_name="default",') if "{" in series else series + '{key_name="default"}'
+        return max(prometheus_query(s, f"sum({selector})"), 0.0)
+    return tuple(total(series) for series in KEY_SERIES)
+
+
+def per_key_usage_matches_the_answers(s: ComposeStack) -> None:
+    """Per-key series in Prometheus grow by what the same requests' usage says:
+    a completion, a stream that asked for usage, and one that did not (it gets
+    none, and is counted all the same)."""
+    before = key_totals(s)
+    c = client(s)
+    plain = c.completions.create(model=MODEL, prompt="one two three", max_tokens=5, extra_body={"ignore_eos": True})
+    messages = [{"role": "user", "content": "count to ten"}]
+    asked = [chunk for chunk in c.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=6, stream=True, stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True})]
+    silent = [chunk for chunk in c.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=6, stream=True, extra_body={"ignore_eos": True})]
+    assert plain.usage is not None and asked[-1].usage is not None
+    assert not any(chunk.usage for chunk in silent), "a stream that did not ask for usage got it"
+    stream_usage = asked[-1].usage
+    expected = (plain.usage.prompt_tokens + 2 * stream_usage.prompt_tokens,
+                plain.usage.completion_tokens + 2 * stream_usage.completion_tokens, 3, 2)
+
+    def grown() -> bool:
+        now = key_totals(s)
+        return all(n - b >= e for n, b, e in zip(now, before, expected))
+
+    wait_for(f"the default key's series to grow by {expected}", grown, timeout=120)
+    deltas = tuple(n - b for n, b in zip(key_totals(s), before))
+    assert deltas == expected, (deltas, expected)
 
 
 def test_tunnel_refuses_to_start_without_an_api_key_inside_compose(up: ComposeStack, tmp_path: Path) -> None:
@@ -390,13 +435,14 @@ def reload_nginx(s: ComposeStack) -> subprocess.CompletedProcess[str]:
                           text=True, capture_output=True, timeout=120, check=False)
 
 
-def long_stream(s: ComposeStack, key: str, outcome: dict[str, object], tokens: int = 400) -> threading.Thread:
+def long_stream(s: ComposeStack, key: str, outcome: dict[str, object], tokens: int = 400,
+                tls: bool = False) -> threading.Thread:
     """A chat stream of TOKENS tokens in the background; returns once it has started."""
     started = threading.Event()
 
     def run() -> None:
         try:
-            for chunk in client(s, key=key, timeout=300).chat.completions.create(
+            for chunk in client(s, key=key, timeout=300, tls=tls).chat.completions.create(
                     model=MODEL, stream=True, max_tokens=tokens, extra_body={"ignore_eos": True},
                     stream_options={"include_usage": True}, messages=[{"role": "user", "content": "count"}]):
                 started.set()
@@ -474,7 +520,7 @@ def test_per_key_limits_fairness_and_tls_inside_compose(up: ComposeStack) -> Non
         https = up.https_url
         idle = sorted(timed_completion(up, API_KEY, https) for _ in range(3))[1]
         outcomes: list[dict[str, object]] = [{}, {}]
-        streams = [long_stream(up, KEY_C, outcome, tokens=300) for outcome in outcomes]
+        streams = [long_stream(up, KEY_C, outcome, tokens=1500, tls=True) for outcome in outcomes]
         refused = httpx.get(https + "/v1/models", headers={"Authorization": f"Bearer {KEY_C}"}, verify=False,
                             timeout=30)
         assert refused.status_code == 429 and refused.headers["Retry-After"] == "1", refused.text
@@ -486,7 +532,7 @@ def test_per_key_limits_fairness_and_tls_inside_compose(up: ComposeStack) -> Non
         assert busy < idle * 4 + 1.0, (idle, busy)
         for thread in streams:
             thread.join(300)
-        assert outcomes == [{"completion_tokens": 300}] * 2, outcomes
+        assert outcomes == [{"completion_tokens": 1500}] * 2, outcomes
         # TLS: HSTS on HTTPS; plain HTTP redirects /v1 and keeps /healthz.
         r = httpx.get(https + "/v1/models", headers={"Authorization": f"Bearer {API_KEY}"}, verify=False, timeout=30)
         assert r.status_code == 200 and r.headers["Strict-Transport-Security"] == "max-age=63072000"

@@ -63,6 +63,9 @@ def test_every_dashboard_query_names_a_scraped_metric(stack: LocalStack, prometh
     # One request of each kind the dashboards chart, so their series exist.
     completion(stack, 4)
     httpx.get(f"{stack.base_url}/v1/models", headers={"Authorization": f"Bearer {stack.api_key}"}, timeout=30)
+    # A stream: the per-key time to first token (ray_llm_keys_dashboard.json).
+    client = openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key=stack.api_key, max_retries=0, timeout=120)
+    assert list(client.completions.create(model=MODEL, prompt="hi", max_tokens=4, stream=True))
     needed = {name for d in dashboards().values() for q in dashboard_queries(d) for name in metric_names(q)}
 
     def scraped() -> set[str]:

@@ -240,15 +240,18 @@ class OpenAIErrorMiddleware:
 
 def proxy_middlewares() -> list[Any]:
     """RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH target: the proxy's extra
-    middlewares. Ray wraps in list order: the per-key usage counters
-    (key_usage) see the answers as clients get them; the readiness probe
-    answers in OpenAI's shape itself; the request bounds (REQUEST_MAX_N,
-    REQUEST_MAX_TOKENS) are the inner one."""
+    middlewares. Ray wraps them in list order (ray.serve._private.http_util.
+    _apply_middlewares: each wraps the app built so far), so the LAST is the
+    outermost. Outermost first: the readiness probe (answers in OpenAI's
+    shape itself), the per-key usage counters (key_usage: they see what
+    clients get), the OpenAI error shape, and innermost the request bounds
+    (REQUEST_MAX_N, REQUEST_MAX_TOKENS), whose 400s pass through the error
+    shape like any other answer."""
     from starlette.middleware import Middleware
 
     from key_usage import KeyUsageMiddleware
     from readiness import ReadinessMiddleware
     from request_bounds import RequestBoundsMiddleware
 
-    return [Middleware(KeyUsageMiddleware), Middleware(OpenAIErrorMiddleware), Middleware(ReadinessMiddleware),
-            Middleware(RequestBoundsMiddleware)]
+    return [Middleware(RequestBoundsMiddleware), Middleware(OpenAIErrorMiddleware), Middleware(KeyUsageMiddleware),
+            Middleware(ReadinessMiddleware)]

@@ -208,3 +208,45 @@ def test_requests_within_the_bounds_pass_with_their_body() -> None:
     # Other paths are not read.
     sent, forwarded = run_bounds("/v1/embeddings", json.dumps({"n": 100}).encode(), REQUEST_MAX_N="8")
     assert forwarded is not None
+
+
+def test_proxy_middlewares_nest_as_ray_applies_them() -> None:
+    """Wrapped by Ray's own _apply_middlewares (private: this fails loudly if a
+    Ray upgrade changes the order): a bound's 400 leaves in OpenAI's shape with
+    the header Nginx reads, and is counted for its key."""
+    from ray.serve._private.http_util import _apply_middlewares
+
+    import key_usage
+    from openai_errors import proxy_middlewares
+
+    counted: list[tuple[str, int]] = []
+
+    class Sink:
+        def record(self, usage: key_usage.Usage) -> None:
+            counted.append((usage.key_name, usage.status))
+
+    async def app(scope: dict, receive, send) -> None:  # type: ignore[no-untyped-def]
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    original = key_usage.KeyUsageMiddleware.__init__
+
+    def with_sink(self, inner, sink=None):  # type: ignore[no-untyped-def]
+        original(self, inner, Sink())
+
+    key_usage.KeyUsageMiddleware.__init__ = with_sink  # type: ignore[method-assign]
+    try:
+        wrapped = _apply_middlewares(app, proxy_middlewares())
+
+        async def go() -> httpx.Response:
+            transport = httpx.ASGITransport(app=wrapped)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                return await client.post("/v1/completions", json={"model": "m", "prompt": "x", "n": 100000},
+                                         headers={"x-ray-llm-key-name": "team_a"})
+
+        r = asyncio.run(go())
+    finally:
+        key_usage.KeyUsageMiddleware.__init__ = original  # type: ignore[method-assign]
+    assert r.status_code == 400 and shape(r.json())["param"] == "n", r.text
+    assert r.headers["x-ray-llm-error"] == r.text
+    assert counted == [("team_a", 400)]

@@ -197,6 +197,16 @@ def open_api(environ: Mapping[str, str], settings: Settings) -> Check:
                  "set OPENAI_API_KEY in .secrets (openssl rand -hex 32), or NGINX_BIND_ADDRESS=127.0.0.1")
 
 
+def ray_ports_private(environ: Mapping[str, str]) -> Check:
+    """Ray Serve's HTTP port answers completions with no key: it must stay on loopback."""
+    address = environ.get("RAY_PUBLISH_ADDRESS", "127.0.0.1")
+    if address.startswith(LOOPBACK):
+        return Check("ray-ports", PASS, f"Ray's Serve, dashboard and monitoring ports stay on {address}")
+    return Check("ray-ports", WARN, f"RAY_PUBLISH_ADDRESS={address}: on the head, Ray Serve's port answers "
+                 "completions to anyone who reaches it, with no API key",
+                 "set RAY_PUBLISH_ADDRESS=127.0.0.1 (Nginx is the door; docs/operations.md)")
+
+
 def gateway_limits(environ: Mapping[str, str]) -> Check:
     """Warns when a protection of the shared gateway is turned off."""
     off = [name for name in ("NGINX_KEY_CONN_LIMIT", "NGINX_CONN_LIMIT") if environ.get(name, "").strip() in ("", "0")]
@@ -536,6 +546,7 @@ def run_checks(environ: MutableMapping[str, str], host: Host, profile: str | Non
         return checks
     checks.append(open_api(environ, settings))
     checks.append(gateway_limits(environ))
+    checks.append(ray_ports_private(environ))
     if gpu:
         checks += gpu_checks(host, settings)
     checks.append(shm_check(host, environ))

@@ -404,3 +404,9 @@ def test_monitoring_profile_fits_the_serving_profile(profiles: str, env: dict[st
     [check] = doctor.monitoring_checks(environ, profiles.split(",")[0])
     assert check.status == status and text in check.message, check
     assert check.status == doctor.PASS or check.fix
+
+
+def test_ray_ports_on_a_public_address_are_warned_about(doc: Doctor) -> None:
+    assert doc.checks()["ray-ports"].status == doctor.PASS
+    warned = doc.checks(RAY_PUBLISH_ADDRESS="198.18.0.1")["ray-ports"]
+    assert warned.status == doctor.WARN and "no API key" in warned.message

@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, MutableMapping, Protocol
 
+from asgi_body import body_message, read_body, replay
+
 KEY_HEADER = b"x-ray-llm-key-name"
 API_PREFIX = "/v1/"
 TOKEN_PATHS = ("/v1/completions", "/v1/chat/completions")
@@ -202,31 +204,8 @@ class KeyUsageMiddleware:
     async def _prepared(receive: Receive, usage: Usage) -> tuple[Receive, int | None]:
         """Read the request body, let Usage rewrite it, and replay it; the new
         body's length when it changed."""
-        messages: list[Message] = []
-        body = b""
-        while True:
-            message = await receive()
-            messages.append(message)
-            if message["type"] != "http.request":
-                return _replay(messages, receive), None
-            body += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
-            if len(body) > MAX_BODY:
-                return _replay(messages, receive), None
-        new_body = usage.prepare_request(body)
+        messages, body, complete = await read_body(receive, MAX_BODY)
+        new_body = usage.prepare_request(body) if complete else body
         if new_body is body:
-            return _replay(messages, receive), None
-        return _replay([{"type": "http.request", "body": new_body, "more_body": False}], receive), len(new_body)
-
-
-def _replay(messages: list[Message], receive: Receive) -> Receive:
-    pending = iter(messages)
-
-    async def replayed() -> Message:
-        try:
-            return next(pending)
-        except StopIteration:
-            return await receive()
-
-    return replayed
+            return replay(messages, receive), None
+        return replay(body_message(new_body), receive), len(new_body)

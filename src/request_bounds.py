@@ -23,6 +23,8 @@ import json
 import os
 from typing import Any, Awaitable, Callable, MutableMapping
 
+from asgi_body import read_body, replay
+
 MAX_N_VAR = "REQUEST_MAX_N"
 MAX_TOKENS_VAR = "REQUEST_MAX_TOKENS"
 DEFAULT_MAX_N = 8
@@ -69,16 +71,7 @@ class RequestBoundsMiddleware:
         if scope["type"] != "http" or scope.get("method") != "POST" or scope.get("path") not in BOUNDED_PATHS:
             await self.app(scope, receive, send)
             return
-        messages: list[Message] = []
-        body = b""
-        while True:
-            message = await receive()
-            messages.append(message)
-            if message["type"] != "http.request":
-                break
-            body += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
+        messages, body, _complete = await read_body(receive)
         error = violation(body, self.bounds)
         if error is not None:
             payload = json.dumps({"error": error}).encode()
@@ -87,12 +80,4 @@ class RequestBoundsMiddleware:
                                     (b"content-length", str(len(payload)).encode())]})
             await send({"type": "http.response.body", "body": payload, "more_body": False})
             return
-        replay = iter(messages)
-
-        async def replayed() -> Message:
-            try:
-                return next(replay)
-            except StopIteration:
-                return await receive()
-
-        await self.app(scope, replayed, send)
+        await self.app(scope, replay(messages, receive), send)

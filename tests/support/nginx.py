@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import httpx
+import pytest
 
 from support import REPO_ROOT, free_port
 
@@ -30,6 +31,12 @@ _SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"
 NGINX = shutil.which("nginx", path=_SEARCH_PATH)
 ENVSUBST = shutil.which("envsubst", path=_SEARCH_PATH)
 OPENSSL = shutil.which("openssl", path=_SEARCH_PATH)
+
+# The marker of every test module that runs the real nginx.
+NEEDS_NGINX = pytest.mark.skipif(
+    NGINX is None or ENVSUBST is None,
+    reason="needs nginx and envsubst (Debian: apt-get install nginx gettext-base)",
+)
 
 # Every event the fake model streams, and the pause between two of them.
 SSE_EVENTS = 8

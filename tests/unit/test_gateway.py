@@ -19,8 +19,7 @@ import pytest
 
 from support import REPO_ROOT
 from support.nginx import (
-    ENVSUBST,
-    NGINX,
+    NEEDS_NGINX,
     OPENSSL,
     SSE_EVENTS,
     NginxStack,
@@ -30,10 +29,7 @@ from support.nginx import (
     wait_for,
 )
 
-pytestmark = pytest.mark.skipif(
-    NGINX is None or ENVSUBST is None,
-    reason="needs nginx and envsubst (Debian: apt-get install nginx gettext-base)",
-)
+pytestmark = NEEDS_NGINX
 
 RELOAD = REPO_ROOT / "docker" / "nginx" / "reload.sh"
 KEY_A = "sk-team-a-0123456789abcdef0123456789ab"

@@ -21,9 +21,8 @@ import pytest
 
 from support import REPO_ROOT, require_tool
 from support.nginx import (
+    NEEDS_NGINX,
     ENVSH,
-    ENVSUBST,
-    NGINX,
     OPENSSL,
     SSE_EVENTS,
     SSE_INTERVAL_S,
@@ -38,10 +37,7 @@ from support.nginx import (
     worker_traversable_dir,
 )
 
-pytestmark = pytest.mark.skipif(
-    NGINX is None or ENVSUBST is None,
-    reason="needs nginx and envsubst (Debian: apt-get install nginx gettext-base)",
-)
+pytestmark = NEEDS_NGINX
 
 API_KEY = "sk-test.Key+42/abc=_~0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

@@ -29,11 +29,23 @@ def run(cmd: list[str], *, cwd: Path | None = None, env: dict[str, str] | None =
     return subprocess.run(cmd, cwd=cwd, env=env, text=True, capture_output=True, timeout=timeout, check=False)
 
 
+# Ports free_port handed out in this session: the kernel may give the same
+# free port twice, and two settings of one stack then clash (seen once: the
+# local stack's Serve port and Nginx's status port were one port, so /readyz
+# asked Nginx's status page and the stack never came up).
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing listens on right now, never one
+    this session handed out before."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def session_processes(sid: int | str, pattern: str | None = None) -> list[str]:

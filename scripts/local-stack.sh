@@ -184,6 +184,7 @@ start_nginx() {
   fi
   check_port_free NGINX_HTTP_PORT "$NGINX_HTTP_PORT"
   check_port_free NGINX_STATUS_PORT "${NGINX_STATUS_PORT:?NGINX_STATUS_PORT must be set in .env}"
+  check_port_free NGINX_TUNNEL_PORT "${NGINX_TUNNEL_PORT:?NGINX_TUNNEL_PORT must be set in .env}"
   rm -rf "$STACK_DIR/nginx" && mkdir -p "$STACK_DIR/nginx/prefix"
   "$REPO_ROOT/scripts/render-nginx.sh" "$STACK_DIR/nginx/conf" >&2
   local nginx_cmd=("$NGINX_BIN" -p "$STACK_DIR/nginx/prefix/" -e stderr -c "$STACK_DIR/nginx/conf/nginx.conf")
@@ -238,23 +239,17 @@ cmd_down() {
   log_info "stopped: $part"
 }
 
-# reload: render into a scratch folder and `nginx -t` it first, so a bad
-# value leaves the running Nginx as it was; then in place, and SIGHUP.
+# reload: docker/nginx/reload.sh, as in the container (through
+# render-nginx.sh): a bad value leaves the running Nginx as it was; done once a
+# worker with the new configuration runs.
 cmd_reload() {
-  local pid conf="$STACK_DIR/nginx/conf" check="$STACK_DIR/nginx/check"
+  local pid
   pid="$(read_pid "$(nginx_pid_file)")"
   pid_alive "$pid" || die "nginx is not running (scripts/local-stack.sh up)"
   configure
-  rm -rf "$check"
-  "$REPO_ROOT/scripts/render-nginx.sh" "$check" 2>"$STACK_DIR/nginx-test.log" ||
-    { grep -v 'render.sh: rendered' "$STACK_DIR/nginx-test.log" >&2; die "nothing reloaded: the running configuration stays"; }
-  "$NGINX_BIN" -q -t -p "$STACK_DIR/nginx/prefix/" -e stderr -c "$check/nginx.conf" 2>"$STACK_DIR/nginx-test.log" ||
-    { cat "$STACK_DIR/nginx-test.log" >&2; die "nothing reloaded: the running configuration stays"; }
-  rm -rf "$check"
-  "$REPO_ROOT/scripts/render-nginx.sh" "$conf" 2>/dev/null
-  # The session leader is nginx's master (start_bg); SIGHUP = graceful reload.
-  kill -HUP "$pid"
-  log_info "nginx reloaded ($(grep -c . "$conf/api-keys.conf" || true) API key(s))"
+  PATH="$(dirname "$(command -v "$NGINX_BIN")"):$PATH" \
+    "$REPO_ROOT/scripts/render-nginx.sh" --reload "$STACK_DIR/nginx/conf" "$STACK_DIR/nginx/prefix/" ||
+    die "nothing reloaded: the running configuration stays"
 }
 
 cmd_status() {

@@ -1,5 +1,11 @@
 #!/usr/bin/env bash
 # Usage: scripts/render-nginx.sh OUT_DIR
+#        scripts/render-nginx.sh --reload CONF_DIR PREFIX
+#
+# --reload: the running nginx (-p PREFIX, configuration in CONF_DIR) takes
+# edited settings with docker/nginx/reload.sh, the container's own reload
+# (render into a scratch folder, nginx -t, render in place, reload, wait for
+# a new worker): scripts/local-stack.sh reload.
 #
 # Host runs (scripts/local-stack.sh) and the tests render Nginx's config with
 # the very script the project's nginx image runs at start,
@@ -23,21 +29,32 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 NGINX_DIR="$REPO_ROOT/docker/nginx"
 
 usage() {
-  printf 'Usage: %s OUT_DIR\n' "$(basename "$0")" >&2
+  printf 'Usage: %s OUT_DIR | --reload CONF_DIR PREFIX\n' "$(basename "$0")" >&2
   exit 2
 }
 
 trap 'log_error "nginx config not rendered into ${1:-OUT_DIR} (see above)"' ERR
 
-main() {
-  [[ $# -eq 1 && -n "$1" ]] || usage
-  local out_dir="$1"
-  mkdir -p "$out_dir"
-  chmod 711 "$out_dir"
+resolve_certs_dir() {
   if [[ -n "${NGINX_CERTS_DIR:-}" && "$NGINX_CERTS_DIR" != /* ]]; then
     NGINX_CERTS_DIR="$(realpath -m "$REPO_ROOT/docker/$NGINX_CERTS_DIR")"
     export NGINX_CERTS_DIR
   fi
+}
+
+main() {
+  if [[ "${1:-}" == --reload ]]; then
+    [[ $# -eq 3 && -n "$2" && -n "$3" ]] || usage
+    resolve_certs_dir
+    trap - ERR
+    RAY_LLM_NGINX_CONF_DIR="$2" RAY_LLM_NGINX_PREFIX="$3" sh "$NGINX_DIR/reload.sh"
+    return
+  fi
+  [[ $# -eq 1 && -n "$1" ]] || usage
+  local out_dir="$1"
+  mkdir -p "$out_dir"
+  chmod 711 "$out_dir"
+  resolve_certs_dir
   sh "$NGINX_DIR/render.sh" "$NGINX_DIR/templates" "$out_dir"
 }
 

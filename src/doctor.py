@@ -207,6 +207,24 @@ def ray_ports_private(environ: Mapping[str, str]) -> Check:
                  "set RAY_PUBLISH_ADDRESS=127.0.0.1 (Nginx is the door; docs/operations.md)")
 
 
+# Pages any host that reaches a node can read, with host networking (head,
+# worker): measured by tests/integration/cluster/test_fabric_outsider.py and
+# listed in docs/operations.md, "Multi-node: what the fabric sees".
+HEAD_ONLY_PAGES = ("44227 (dashboard metrics)", "44217 (autoscaler metrics)", "8404 (HAProxy stats)",
+                   "9101 (HAProxy metrics)")
+
+
+def fabric_ports(environ: Mapping[str, str], profile: str) -> Check:
+    """Host networking: what stays readable without credentials needs the firewall."""
+    pages = [f"{environ.get('RAY_METRICS_PORT', '8080')} (RAY_METRICS_PORT)"]
+    if profile == "head":
+        pages += HEAD_ONLY_PAGES
+    return Check("fabric-ports", WARN, f"readable by any host that reaches this node: {', '.join(pages)}; "
+                 "vLLM's engine sockets on VLLM_HOST_IP take no credentials",
+                 "firewall every port but Nginx's from hosts outside the cluster "
+                 "(docs/operations.md, \"Multi-node: what the fabric sees\")")
+
+
 def gateway_limits(environ: Mapping[str, str]) -> Check:
     """Warns when a protection of the shared gateway is turned off."""
     off = [name for name in ("NGINX_KEY_CONN_LIMIT", "NGINX_CONN_LIMIT") if environ.get(name, "").strip() in ("", "0")]
@@ -520,6 +538,7 @@ def multinode_checks(host: Host, environ: Mapping[str, str], settings: Settings,
                             "put the same RAY_AUTH_TOKEN in .secrets on every node"))
     else:
         checks.append(Check("ray-auth", PASS, "RAY_AUTH_TOKEN is set"))
+    checks.append(fabric_ports(environ, profile))
     if profile == "worker":
         head = environ.get("RAY_HEAD_HOST", "").strip()
         port = int(environ.get("RAY_HEAD_PORT", "6379") or 6379)

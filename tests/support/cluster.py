@@ -46,10 +46,15 @@ class Host:
 
 @dataclass
 class TwoHosts:
+    """Head and worker, and in namespace mode a third host on the same fabric
+    (the "outsider": a machine on the cluster's network that is not a node)."""
+
     head: Host
     worker: Host
     mode: str  # "netns" or "loopback"
     why_fallback: str = ""
+    outsider: Host | None = None
+    fabric_ns: str | None = None
 
     @classmethod
     def create(cls, tag: str) -> "TwoHosts":
@@ -58,25 +63,34 @@ class TwoHosts:
             # 127.0.0.1 itself is replaced by the machine's address in Ray: use .2 and .3.
             return cls(Host("head", "127.0.0.2", "lo", None), Host("worker", "127.0.0.3", "lo", None),
                        "loopback", reason)
-        head_ns, worker_ns = f"rlh-{tag}", f"rlw-{tag}"
-        head_if, worker_if = f"vrh{tag}"[:15], f"vrw{tag}"[:15]
-        steps = [
-            ["netns", "add", head_ns], ["netns", "add", worker_ns],
-            ["link", "add", head_if, "type", "veth", "peer", "name", worker_if],
-            ["link", "set", head_if, "netns", head_ns], ["link", "set", worker_if, "netns", worker_ns],
-            ["-n", head_ns, "addr", "add", "198.18.0.1/24", "dev", head_if],
-            ["-n", worker_ns, "addr", "add", "198.18.0.2/24", "dev", worker_if],
-            ["-n", head_ns, "link", "set", head_if, "up"], ["-n", worker_ns, "link", "set", worker_if, "up"],
-            ["-n", head_ns, "link", "set", "lo", "up"], ["-n", worker_ns, "link", "set", "lo", "up"],
-        ]
-        hosts = cls(Host("head", "198.18.0.1", head_if, head_ns), Host("worker", "198.18.0.2", worker_if, worker_ns),
-                    "netns")
+        # One bridge (in a namespace of its own, so nothing touches this
+        # machine's network) with a veth pair to each host: one L2 segment.
+        fabric = f"rlf-{tag}"
+        hosts = cls(Host("head", "198.18.0.1", f"vrh{tag}"[:15], f"rlh-{tag}"),
+                    Host("worker", "198.18.0.2", f"vrw{tag}"[:15], f"rlw-{tag}"), "netns",
+                    outsider=Host("outsider", "198.18.0.3", f"vro{tag}"[:15], f"rlo-{tag}"), fabric_ns=fabric)
+        steps = [["netns", "add", fabric], ["-n", fabric, "link", "add", "br0", "type", "bridge"],
+                 ["-n", fabric, "link", "set", "br0", "up"]]
+        for host in hosts.all():
+            assert host.netns is not None
+            peer = f"p{host.ifname}"[:15]
+            steps += [
+                ["netns", "add", host.netns],
+                ["link", "add", host.ifname, "type", "veth", "peer", "name", peer],
+                ["link", "set", host.ifname, "netns", host.netns], ["link", "set", peer, "netns", fabric],
+                ["-n", fabric, "link", "set", peer, "master", "br0"], ["-n", fabric, "link", "set", peer, "up"],
+                ["-n", host.netns, "addr", "add", f"{host.ip}/24", "dev", host.ifname],
+                ["-n", host.netns, "link", "set", host.ifname, "up"], ["-n", host.netns, "link", "set", "lo", "up"],
+            ]
         for step in steps:
             out = _ip(*step)
             if out.returncode != 0:
                 hosts.destroy()
                 raise RuntimeError(f"ip {' '.join(step)} failed: {out.stderr}")
         return hosts
+
+    def all(self) -> list[Host]:
+        return [h for h in (self.head, self.worker, self.outsider) if h is not None]
 
     @staticmethod
     def _netns_unavailable() -> str:
@@ -92,9 +106,9 @@ class TwoHosts:
         return ""
 
     def destroy(self) -> None:
-        for host in (self.head, self.worker):
-            if host.netns:
-                _ip("netns", "del", host.netns)  # removes the veth pair with it
+        for netns in [h.netns for h in self.all()] + [self.fabric_ns]:
+            if netns:
+                _ip("netns", "del", netns)  # removes its veth ends (and the bridge) with it
 
 
 @dataclass
@@ -156,6 +170,8 @@ class Node:
 
 
 TOKEN = "multinode-test-token-0123456789abcdef"
+# The head's Nginx takes this key (on the fabric, as nginx-head does).
+API_KEY = "multinode-test-api-key-0123456789abcdef"
 MODEL = "tiny-llama"
 SHARED_NCCL = {"NCCL_IB_TC": "106", "NCCL_IB_TIMEOUT": "22", "NCCL_DEBUG": "WARN"}
 
@@ -190,8 +206,11 @@ class Cluster:
             MAX_MODEL_LEN="2048", MAX_NUM_SEQS="16", NUM_NODES="2", NODE_WAIT_TIMEOUT="300",
             RAY_AUTH_TOKEN=TOKEN, RAY_HEAD_HOST=self.hosts.head.ip, RAY_HEAD_PORT=str(self.gcs_port),
             RAY_API_PORT=str(self.api_port), RAY_DASHBOARD_PORT=str(self.dashboard_port),
-            RAY_API_HOST="127.0.0.1" if loopback else "0.0.0.0", NGINX_HTTP_PORT=str(self.http_port),
+            # As the head profile does (RAY_PUBLISH_ADDRESS): Serve's HTTP
+            # port on loopback, Nginx the only door to the fabric.
+            RAY_API_HOST="127.0.0.1", NGINX_HTTP_PORT=str(self.http_port),
             NGINX_HTTPS_PORT=str(free_port()), NGINX_STATUS_PORT=str(free_port() if loopback else 8081),
+            NGINX_TUNNEL_PORT=str(free_port() if loopback else 8082),
             RAY_HEAD_WAIT_TIMEOUT="120", **SHARED_NCCL, **FAST_RESTARTS,
         )
         base.update(extra_env or {})
@@ -210,6 +229,12 @@ class Cluster:
         assert out.returncode == 0, f"{cmd} failed: {out.stderr[-2000:]}"
         return out.stdout
 
+    def on_host(self, host: Host, *cmd: str, timeout: float = 60) -> str:
+        out = subprocess.run([*host.prefix(), *cmd], text=True, capture_output=True, timeout=timeout,
+                             env=self.nodes["head"].env, check=False)
+        assert out.returncode == 0, f"{cmd[:2]} on {host.name} failed: {out.stderr[-2000:]}"
+        return out.stdout
+
     def ray_probe(self, code: str) -> object:
         script = ("import json, ray; ray.init(address=%r, logging_level='ERROR', log_to_driver=False)\n%s\n"
                   % (f"{self.hosts.head.ip}:{self.gcs_port}", code))
@@ -223,7 +248,7 @@ class Cluster:
     def completion(self) -> dict | None:
         body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
         out = subprocess.run([*self.hosts.head.prefix(), "curl", "-s", "--max-time", "30", "-H",
-                              "Content-Type: application/json", "-d", body,
+                              "Content-Type: application/json", "-H", f"Authorization: Bearer {API_KEY}", "-d", body,
                               f"http://127.0.0.1:{self.http_port}/v1/chat/completions"],
                              text=True, capture_output=True, check=False)
         try:
@@ -233,8 +258,9 @@ class Cluster:
         return reply if reply.get("choices") else None
 
     def start_nginx(self) -> None:
-        env = {**self.nodes["head"].env, "OPENAI_API_KEY": "", "NGINX_UPSTREAM_HOST": "127.0.0.1",
-               "NGINX_BIND_ADDRESS": "127.0.0.1", "NGINX_CERTS_DIR": str(self.root / "no-certs")}
+        # On every address of the head host, with a key, as nginx-head.
+        env = {**self.nodes["head"].env, "OPENAI_API_KEY": API_KEY, "NGINX_UPSTREAM_HOST": "127.0.0.1",
+               "NGINX_BIND_ADDRESS": "0.0.0.0", "NGINX_CERTS_DIR": str(self.root / "no-certs")}
         subprocess.run(["bash", str(REPO_ROOT / "scripts" / "render-nginx.sh"), str(self.root / "nginx")],
                        env=env, check=True, capture_output=True)
         (self.root / "nginx-prefix").mkdir(exist_ok=True)

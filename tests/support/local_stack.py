@@ -66,6 +66,7 @@ class LocalStack:
             NGINX_HTTP_PORT=str(self.http_port),
             NGINX_HTTPS_PORT=str(free_port()),
             NGINX_STATUS_PORT=str(self.status_port),
+            NGINX_TUNNEL_PORT=str(free_port()),
             RAY_API_PORT=str(self.api_port),
             RAY_DASHBOARD_PORT=str(self.dashboard_port),
             RAY_METRICS_PORT=str(self.metrics_port),

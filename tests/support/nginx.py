@@ -74,6 +74,7 @@ def base_env(**overrides: str) -> dict[str, str]:
         RAY_API_PORT=str(free_port()),
         RAY_DASHBOARD_PORT=str(free_port()),
         NGINX_STATUS_PORT=str(free_port()),
+        NGINX_TUNNEL_PORT=str(free_port()),
         NGINX_CERTS_DIR="",
     )
     env.update(overrides)
@@ -301,7 +302,10 @@ class FakeUpstream:
     def __init__(self, port: int, kind: str = "api") -> None:
         self.port = port
         self.server = _Server(("127.0.0.1", port), kind)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # shutdown() waits for the loop's next poll: 0.5 s by default, paid
+        # twice per stack teardown (about a second for each test of the tier).
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02},
+                                       daemon=True)
         self.thread.start()
         self.running = True
 

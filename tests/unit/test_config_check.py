@@ -2,7 +2,8 @@
 ENGINE_KWARGS against vLLM's engine arguments before anything starts.
 
 The checks run the real Ray Serve LLM and vLLM (CPU build) of the test venv;
-each `deploy.py --dry-run` here takes about 6 s on 2 cores.
+a `deploy.py --dry-run` process takes about 6 s on 2 cores, so most run
+`main()` in the test process (support/deploy_main.py).
 """
 
 from __future__ import annotations
@@ -15,9 +16,16 @@ import pytest
 
 from config_check import engine_kwargs_problems
 from support import REPO_ROOT, clean_env
+from support.deploy_main import Ran, deploy_main
 
 
-def dry_run(**environ: str) -> subprocess.CompletedProcess[str]:
+def dry_run(**environ: str) -> Ran:
+    """deploy.py --dry-run, in this process (one import of vLLM per session)."""
+    return deploy_main("--dry-run", **environ)
+
+
+def dry_run_process(**environ: str) -> subprocess.CompletedProcess[str]:
+    """deploy.py --dry-run as the command: what it imported shows in its output."""
     return subprocess.run([sys.executable, str(REPO_ROOT / "src" / "deploy.py"), "--dry-run"],
                           env=clean_env(**environ), text=True, capture_output=True, timeout=120, check=False)
 
@@ -77,7 +85,7 @@ def test_pure_modules_import_without_ray_or_vllm() -> None:
 
 def test_bad_variable_fails_before_ray_is_imported() -> None:
     """The fast path: a bad setting is refused without the 5 s import."""
-    out = dry_run(MAX_NUM_SEQS="lots")
+    out = dry_run_process(MAX_NUM_SEQS="lots")
     assert out.returncode == 2 and "MAX_NUM_SEQS='lots'" in out.stderr
     assert "configuration checked" not in out.stderr and "Triton" not in out.stderr
 

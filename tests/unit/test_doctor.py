@@ -294,6 +294,20 @@ def test_head_node_passes(doc: Doctor) -> None:
     assert "holds VLLM_HOST_IP=198.18.0.1" in checks["nccl_socket_ifname"].message
 
 
+def test_multinode_profiles_warn_about_the_pages_the_fabric_can_read(doc: Doctor) -> None:
+    """The pages test_fabric_outsider.py found readable without credentials:
+    each named by the doctor, and each in the operations guide."""
+    guide = (REPO_ROOT / "docs" / "operations.md").read_text()
+    head, worker = head_checks(doc)["fabric-ports"], head_checks(doc, "worker")["fabric-ports"]
+    for check in (head, worker):
+        assert check.status == doctor.WARN and "8080 (RAY_METRICS_PORT)" in check.message
+        assert "Multi-node: what the fabric sees" in check.fix and "## Multi-node: what the fabric sees" in guide
+    for page in doctor.HEAD_ONLY_PAGES:
+        port = page.split()[0]
+        assert port in head.message and port not in worker.message and f"`{port}`" in guide, page
+    assert "fabric-ports" not in doc.checks("cpu")
+
+
 def test_head_without_rdma(doc: Doctor) -> None:
     (doc.root / "sys/class/infiniband/mlx5_0").rmdir()
     assert "no RDMA device" in failed(head_checks(doc))["rdma"]

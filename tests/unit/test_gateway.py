@@ -258,6 +258,65 @@ def test_connections_per_address_are_capped_before_the_key_is_checked(tmp_path: 
         stack.stop()
 
 
+
+# Documentation addresses (RFC 5737): only ever a header's value, never a peer.
+CLIENT_A, CLIENT_B = "192.0.2.7", "192.0.2.8"
+
+
+def access_log(stack: NginxStack) -> list[dict]:
+    return [json.loads(line) for line in stack.log_path.read_text().splitlines() if line.startswith('{"time"')]
+
+
+def test_behind_the_tunnel_the_client_address_comes_from_cloudflared(keyed: NginxStack) -> None:
+    """The tunnel's door (NGINX_TUNNEL_PORT) takes the client's address from
+    CF-Connecting-IP, as cloudflared sends it: each client behind the tunnel
+    gets its own unauthenticated budget and its own line in the log. The public
+    door ignores the same header, so no client can pick its address."""
+    tunnel = f"http://127.0.0.1:{keyed.env['NGINX_TUNNEL_PORT']}"
+    with keyed.client() as client:
+        # A key works through the tunnel's door, the same routes and limits.
+        assert client.get(tunnel + "/v1/models", headers={**bearer(KEY_A), "CF-Connecting-IP": CLIENT_A}
+                          ).status_code == 200
+        # Client A spends its budget of wrong keys; client B still gets 401s.
+        codes = [client.get(tunnel + "/v1/models", headers={**bearer(KEY_B), "CF-Connecting-IP": CLIENT_A}
+                            ).status_code for _ in range(30)]
+        assert codes.count(429) >= 10, codes
+        json_error(client.get(tunnel + "/v1/models", headers={**bearer(KEY_B), "CF-Connecting-IP": CLIENT_B}),
+                   401, "invalid_api_key")
+        # The public door: the header counts for nothing, the address does.
+        codes = [client.get(keyed.url + "/v1/models", headers={**bearer(KEY_B), "CF-Connecting-IP": CLIENT_A}
+                            ).status_code for _ in range(30)]
+        assert codes.count(429) >= 10, codes
+        json_error(client.get(keyed.url + "/v1/models", headers={**bearer(KEY_B), "CF-Connecting-IP": CLIENT_B}),
+                   429, "rate_limit_exceeded")
+    wait_for("the access log lines", lambda: len(access_log(keyed)) >= 63)
+    lines = access_log(keyed)
+    assert (lines[0]["remote_addr"], lines[0]["peer_addr"], lines[0]["key_name"]) == (CLIENT_A, "127.0.0.1", "team_a")
+    assert lines[31]["remote_addr"] == CLIENT_B
+    assert {line["remote_addr"] for line in lines[32:]} == {"127.0.0.1"}, lines[32:]
+
+
+def test_the_tunnels_door_is_never_public(tmp_path: Path) -> None:
+    """Where the tunnel's door listens: loopback for host runs and host
+    networking, even when the public door binds every address; every address
+    only inside the bridge-network container (NGINX_BIND_ADDRESS '*'), whose
+    port Compose never publishes."""
+    for bind, expected in (("0.0.0.0", "127.0.0.1"), ("127.0.0.1", "127.0.0.1"), ("*", "*")):
+        env = base_env(OPENAI_API_KEY=KEY_C, NGINX_BIND_ADDRESS=bind)
+        out = tmp_path / bind.replace("*", "star")
+        assert render(out, env).returncode == 0
+        conf = (out / "nginx.conf").read_text()
+        for port in (env["NGINX_TUNNEL_PORT"], env["NGINX_STATUS_PORT"]):
+            assert f"listen {expected}:{port};" in conf, (bind, port)
+
+
+def test_tls_leaves_the_tunnels_door_on_plain_http(tls_stack: NginxStack) -> None:
+    """cloudflared speaks plain HTTP to its origin (the edge does the client's
+    TLS): the tunnel's door answers /v1 there, with no redirect and no HSTS."""
+    with tls_stack.client() as client:
+        r = client.get(f"http://127.0.0.1:{tls_stack.env['NGINX_TUNNEL_PORT']}/v1/models", headers=bearer(KEY_C))
+        assert r.status_code == 200 and "Strict-Transport-Security" not in r.headers, r.text
+
 # --- 5. OpenAI errors in every window ----------------------------------------------------
 
 @pytest.mark.parametrize(("status", "answered", "code"), [

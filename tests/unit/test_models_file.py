@@ -4,15 +4,13 @@ except where Ray's own models check the result)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
 import llm_config
-from support import REPO_ROOT, clean_env
+from support.deploy_main import Ran, deploy_main
 from settings import DEFAULTS, ConfigError, parse_settings, read_models_file
 
 TWO = """
@@ -142,9 +140,8 @@ def test_models_file_is_read_relative_to_the_compose_folder(tmp_path: Path) -> N
     assert info.value.problems[0].startswith("MODELS_FILE='../nowhere.yaml' cannot be read (")
 
 
-def run_deploy(*args: str, **environ: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(REPO_ROOT / "src" / "deploy.py"), *args],
-                          env=clean_env(**environ), text=True, capture_output=True, timeout=120, check=False)
+def run_deploy(*args: str, **environ: str) -> Ran:
+    return deploy_main(*args, **environ)
 
 
 def test_dry_run_serves_every_model_and_checks_each_entrys_engine_kwargs(tmp_path: Path) -> None:

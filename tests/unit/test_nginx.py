@@ -139,9 +139,10 @@ def _render_ok(tmp_path: Path, **overrides: str) -> str:
     assert rendered.returncode == 0, rendered.stderr
     checked = nginx_test(out, tmp_path / "prefix")
     assert checked.returncode == 0, checked.stderr
-    text = (out / "nginx.conf").read_text()
+    # nginx.conf with the API's routes (api-server.conf, in both servers).
+    text = (out / "nginx.conf").read_text() + (out / "api-server.conf").read_text()
     rendered_files = sorted(out.glob("*.conf"))
-    assert {f.name for f in rendered_files} >= {"nginx.conf", "https.conf", "error-pages.conf",
+    assert {f.name for f in rendered_files} >= {"nginx.conf", "api-server.conf", "https.conf", "error-pages.conf",
                                                 "dashboard-on.conf", "dashboard-off.conf"}
     for path in rendered_files:
         leftover = OUR_VARS.search(path.read_text())
@@ -156,7 +157,7 @@ def test_render_defaults_passes_nginx_t(tmp_path: Path) -> None:
     assert "worker_processes auto;" in text
     assert re.search(r'^\s*"" 1;', text, re.M), "no key on loopback: the API must be open"
     assert (tmp_path / "conf" / "api-keys.conf").read_text() == ""
-    assert 'include "/dev/null";' in text and 'map "0:$https"' in text, "no certificates: no HTTPS"
+    assert 'include "/dev/null";' in text and 'map "0:$https:$ray_llm_tunnel"' in text, "no certificates: no HTTPS"
     assert "client_max_body_size 10m;" in text and "proxy_read_timeout 600s;" in text
     assert "client_header_timeout 15s;" in text and "client_body_timeout 30s;" in text
     # .env's limits: requests in flight per address (256) and per key (64);
@@ -191,7 +192,7 @@ def test_render_with_limits_and_dashboard(tmp_path: Path) -> None:
     assert stat.S_IMODE(htpasswd.stat().st_mode) == 0o600
     # Rendered again with the dashboard off: the password file goes away.
     assert render(out, base_env()).returncode == 0
-    assert not htpasswd.exists() and "include dashboard-off.conf;" in (out / "nginx.conf").read_text()
+    assert not htpasswd.exists() and "include dashboard-off.conf;" in (out / "api-server.conf").read_text()
 
 
 def test_render_with_key_and_workers(tmp_path: Path) -> None:
@@ -299,7 +300,7 @@ def test_dashboard_checks_in_the_image_shells(shell: list[str], tmp_path: Path) 
     out = tmp_path / "out"
     good = _render_sh(shell, base_env(**DASH_ENV), out)
     assert good.returncode == 0, good.stderr
-    assert "include dashboard-on.conf;" in (out / "nginx.conf").read_text()
+    assert "include dashboard-on.conf;" in (out / "api-server.conf").read_text()
     assert (out / "dashboard.htpasswd").read_text() == f"{DASH_USER}:{{PLAIN}}{DASH_PASSWORD}\n"
     bad = _render_sh(shell, base_env(**{**DASH_ENV, "RAY_AUTH_TOKEN": ""}), tmp_path / "bad")
     assert bad.returncode != 0 and "RAY_AUTH_TOKEN" in bad.stderr

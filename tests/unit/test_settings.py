@@ -11,6 +11,7 @@ import pytest
 
 import llm_config
 from support import REPO_ROOT, clean_env
+from support.deploy_main import deploy_main
 from settings import DEFAULTS, VARIABLES, ConfigError, parse_settings
 
 
@@ -270,7 +271,7 @@ def test_dry_run_prints_resolved_config_with_secrets_redacted() -> None:
 
 
 def test_environment_wins_over_env_file() -> None:
-    out = run_deploy("--dry-run", MODEL_ID="org/from-shell", RAY_API_PORT="9100")
+    out = deploy_main("--dry-run", MODEL_ID="org/from-shell", RAY_API_PORT="9100")
     data = json.loads(out.stdout)
     assert data["serving_args"]["llm_configs"][0]["model_loading_config"]["model_id"] == "org/from-shell"
     assert data["http_options"]["port"] == 9100

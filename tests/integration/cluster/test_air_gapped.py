@@ -20,7 +20,7 @@ import pytest
 
 from support import REPO_ROOT, netns_missing
 from support.air_gap import audit_ran_in, audited_attempts
-from support.cluster import MODEL, Cluster, poll
+from support.cluster import API_KEY, MODEL, Cluster, poll
 
 pytestmark = [pytest.mark.e2e, pytest.mark.multinode]
 
@@ -34,7 +34,7 @@ def test_air_gapped_start_makes_no_network_call(cluster: Cluster) -> None:
     poll("a completion through the head's nginx", lambda: cluster.completion() is not None, 600,
          list(cluster.nodes.values()), interval=5)
     # The openai client, on the head host, through Nginx.
-    client = (f"import openai; c = openai.OpenAI(base_url='http://127.0.0.1:{cluster.http_port}/v1', api_key='none'); "
+    client = (f"import openai; c = openai.OpenAI(base_url='http://127.0.0.1:{cluster.http_port}/v1', api_key='{API_KEY}'); "
               f"r = c.chat.completions.create(model='{MODEL}', max_tokens=4, "
               "messages=[{'role': 'user', 'content': 'hi'}]); print(r.usage.completion_tokens)")
     asked = subprocess.run([*cluster.hosts.head.prefix(), PYTHON, "-c", client], text=True, capture_output=True,

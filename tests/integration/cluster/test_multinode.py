@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from support import kill_if_stopped, process_gone, session_processes
-from support.cluster import SHARED_NCCL, TOKEN, Cluster, poll
+from support.cluster import API_KEY, SHARED_NCCL, TOKEN, Cluster, poll
 from support.monitoring import Prometheus
 
 pytestmark = [pytest.mark.multinode]
@@ -46,7 +46,7 @@ def test_engine_on_worker_answers_through_head_nginx(cluster: Cluster) -> None:
     # The head's Serve proxy puts errors in OpenAI's shape (ray-node.sh sets its middleware).
     body = json.dumps({"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]})
     out = subprocess.run([*cluster.hosts.head.prefix(), "curl", "-s", "--max-time", "30", "-w", "\\n%{http_code}",
-                          "-H", "Content-Type: application/json", "-d", body,
+                          "-H", "Content-Type: application/json", "-H", f"Authorization: Bearer {API_KEY}", "-d", body,
                           f"http://127.0.0.1:{cluster.http_port}/v1/chat/completions"],
                          text=True, capture_output=True, check=False)
     answer, status = out.stdout.rsplit("\n", 1)

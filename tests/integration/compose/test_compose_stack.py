@@ -46,7 +46,7 @@ from support.compose_stack import (
     ComposeStack,
     wait_for,
 )
-from support.nginx import make_cert
+from support.nginx import make_cert, read_dotenv
 from support.fake_hub import FakeHub
 
 pytestmark = pytest.mark.docker
@@ -295,6 +295,54 @@ def test_tunnel_refuses_to_start_without_an_api_key_inside_compose(up: ComposeSt
     finally:
         up.docker("volume", "rm", "-f", f"{up.project}_tunnel-secret")
 
+
+
+# Runs in the model server's container, on the Compose network like
+# cloudflared: requests as cloudflared sends them (the client's address in
+# CF-Connecting-IP) to Nginx's tunnel door, and the same header to the public
+# door. Prints the status codes.
+TUNNEL_CLIENT_PY = r"""
+import json, sys, urllib.error, urllib.request
+tunnel, public, key = sys.argv[1:4]
+def get(base, client, token):
+    req = urllib.request.Request(base + "/v1/models", headers={"CF-Connecting-IP": client,
+                                                             "Authorization": "Bearer " + token})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status
+    except urllib.error.HTTPError as err:
+        return err.code
+out = {"key": get(tunnel, "192.0.2.7", key),
+       "wrong_a": [get(tunnel, "192.0.2.7", "sk-wrong-key") for _ in range(30)],
+       "wrong_b": get(tunnel, "192.0.2.8", "sk-wrong-key"),
+       "public_a": [get(public, "192.0.2.9", "sk-wrong-key") for _ in range(30)],
+       "public_b": get(public, "192.0.2.10", "sk-wrong-key")}
+print(json.dumps(out))
+"""
+
+
+def test_tunnel_door_takes_the_client_address_from_cloudflared_inside_compose(up: ComposeStack) -> None:
+    """Behind the tunnel, per-address limits and the log see the client's
+    address from CF-Connecting-IP (cloudflared's header), not cloudflared's
+    container address: requests sent the way cloudflared sends them, from a
+    container on the Compose network (cloudflared itself needs Cloudflare's
+    edge). The tunnel's door is not published, and the public door ignores
+    the header."""
+    port = int(up.env().get("NGINX_TUNNEL_PORT") or read_dotenv()["NGINX_TUNNEL_PORT"])
+    assert port not in {published for _, published in published_ports(up, NGINX)}
+    tunnel, public = f"http://nginx:{port}", f"http://nginx:{up.http_port}"
+    out = up.docker("exec", up.container(SERVE), "python", "-c", TUNNEL_CLIENT_PY, tunnel, public, API_KEY,
+                    timeout=120)
+    assert out.returncode == 0, out.stderr
+    codes = json.loads(out.stdout.strip().splitlines()[-1])
+    assert codes["key"] == 200, codes
+    assert codes["wrong_a"].count(429) >= 10 and codes["wrong_b"] == 401, codes  # each client its own budget
+    assert codes["public_a"].count(429) >= 10 and codes["public_b"] == 429, codes  # one address: one budget
+    serve_ip = next(iter(up.inspect(up.container(SERVE))["NetworkSettings"]["Networks"].values()))["IPAddress"]
+    seen = [(e["remote_addr"], e["peer_addr"], e["key_name"]) for e in nginx_access_log(up)
+            if e["remote_addr"] in ("192.0.2.7", "192.0.2.8") or e["peer_addr"] == serve_ip]
+    assert ("192.0.2.7", serve_ip, "default") in seen and ("192.0.2.8", serve_ip, "") in seen, seen
+    assert not {addr for addr, _, _ in seen} & {"192.0.2.9", "192.0.2.10"}, seen
 
 def published_ports(s: ComposeStack, service: str) -> set[tuple[str, int]]:
     ports = s.inspect(s.container(service))["NetworkSettings"]["Ports"]

@@ -169,6 +169,37 @@ def test_client_disconnect_aborts_generation(stack: LocalStack) -> None:
     good_request_works(stack)
 
 
+
+# ------------------------------------------------------------------- reload ---
+KEY_NEW = "sk-local-team-new-0123456789abcdef0123"
+
+
+def models_status(stack: LocalStack, key: str) -> int:
+    return httpx.get(stack.base_url + "/v1/models", headers={"Authorization": f"Bearer {key}"},
+                     timeout=30).status_code
+
+
+def test_reload_adds_and_revokes_a_key_at_once(stack: LocalStack) -> None:
+    """`local-stack.sh reload` runs the container's reload.sh: a key added is
+    let in as soon as the command returns (nginx answers SIGHUP before its new
+    workers run: without the wait, the new key got 401s), a revoked key is
+    refused at once, and a bad key changes nothing."""
+    try:
+        for _ in range(3):
+            stack.extra_env["API_KEY_team_new"] = KEY_NEW
+            out = stack.run("reload", timeout=60)
+            assert out.returncode == 0 and "reloaded with 2 API key(s)" in out.stderr, out.stderr
+            assert (models_status(stack, KEY_NEW), models_status(stack, API_KEY)) == (200, 200)
+            del stack.extra_env["API_KEY_team_new"]
+            assert stack.run("reload", timeout=60).returncode == 0
+            assert (models_status(stack, KEY_NEW), models_status(stack, API_KEY)) == (401, 200)
+        stack.extra_env["API_KEY_team_new"] = "short-key"
+        out = stack.run("reload", timeout=60)
+        assert out.returncode != 0 and "API_KEY_team_new" in out.stderr and "short-key" not in out.stderr, out.stderr
+        assert models_status(stack, API_KEY) == 200
+    finally:
+        stack.extra_env.pop("API_KEY_team_new", None)
+
 # --------------------------------------------------------------------- load ---
 def test_load_64_streams_for_60_seconds(stack: LocalStack) -> None:
     sys.path.insert(0, str(REPO_ROOT / "scripts"))

@@ -103,11 +103,13 @@ stop_session() {
 }
 
 # SERVE_STOP_GRACE_PERIOD (Compose duration, e.g. 60s, 2m) in seconds.
+# SERVE_STOP_GRACE_PERIOD in seconds, with settings.py's parser (the one
+# duration syntax; settings.py needs only the standard library).
 grace_seconds() {
-  local value="${SERVE_STOP_GRACE_PERIOD:-60s}" total=0
-  [[ "$value" =~ ^(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s?)?$ ]] || die "SERVE_STOP_GRACE_PERIOD=$value is not a duration like 60s or 2m"
-  total=$((${BASH_REMATCH[2]:-0} * 3600 + ${BASH_REMATCH[4]:-0} * 60 + ${BASH_REMATCH[6]:-0}))
-  echo "$total"
+  local value="${SERVE_STOP_GRACE_PERIOD:-60s}" python=python3
+  [[ -x "$VENV/bin/python" ]] && python="$VENV/bin/python"
+  "$python" "$REPO_ROOT/src/settings.py" duration "$value" ||
+    die "SERVE_STOP_GRACE_PERIOD=$value is not a duration like 60s or 2m"
 }
 
 session_empty() { ! pgrep -s "$1" >/dev/null 2>&1; }

@@ -234,10 +234,10 @@ load_secrets() {
 # Ray's workers on this node inherit both from `ray start`: src/ on PYTHONPATH
 # (the model server class with the hang watchdog, src/engine_watchdog.py), and
 # on the head the HTTP proxy's middleware that puts /v1 errors in OpenAI's
-# shape (the value deploy.py exports: openai_errors.PROXY_CALLBACK).
+# shape (the value deploy.py exports: proxy_middlewares.PROXY_CALLBACK).
 export_src_path() {
   export PYTHONPATH="$REPO_ROOT/src${PYTHONPATH:+:$PYTHONPATH}"
-  export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=openai_errors.proxy_middlewares
+  export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=proxy_middlewares.proxy_middlewares
 }
 
 main() {

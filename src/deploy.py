@@ -24,25 +24,21 @@ import tempfile
 import time
 from types import FrameType
 from pathlib import Path
-from typing import Any, Collection, Mapping, MutableMapping, Sequence
+from typing import Any, Mapping, MutableMapping, Sequence
 
 import config_check
 import llm_config
 import model_source
+from dotenv_files import env_files, insecure_secrets, load_env_files
 from engine_watchdog import WATCHDOG_TIMEOUT_VAR, Recovery
-from openai_errors import PROXY_CALLBACK, PROXY_CALLBACK_VAR
+from proxy_middlewares import PROXY_CALLBACK, PROXY_CALLBACK_VAR
 from settings import HF_TOKEN_NAMES, ConfigError, Settings, help_text, parse_settings, read_models_file
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-ENV_FILES = (REPO_ROOT / ".env", REPO_ROOT / ".secrets")
 EXIT_CONFIG = 2
 # The app stayed unhealthy past WATCHDOG_RECOVERY_TIMEOUT: restart everything.
 EXIT_UNRECOVERED = 3
 # How often the running app's status is polled (for the second bound).
 STATUS_POLL_S = 5.0
-# Set by scripts/container-entrypoint.sh: the container's private copy of the
-# .secrets that Compose mounts (a Compose secret, never in the environment).
-SECRETS_FILE_VAR = "RAY_LLM_SECRETS_FILE"
 # What the model server takes from .secrets: the Hugging Face token (moved to
 # a file, stash_hf_token) and Ray's cluster token. Nothing else.
 SERVER_SECRETS = frozenset({*HF_TOKEN_NAMES, "RAY_AUTH_TOKEN"})
@@ -50,12 +46,6 @@ SERVER_SECRETS = frozenset({*HF_TOKEN_NAMES, "RAY_AUTH_TOKEN"})
 FOREIGN_SECRETS = frozenset({"OPENAI_API_KEY", "NGINX_DASHBOARD_USER", "NGINX_DASHBOARD_PASSWORD",
                              "GRAFANA_ADMIN_PASSWORD", "CLOUDFLARE_TUNNEL_TOKEN"})
 USAGE_STATS_VAR = "RAY_USAGE_STATS_ENABLED"
-
-
-def env_files(environ: Mapping[str, str]) -> tuple[Path, Path]:
-    """.env and the secrets file to read: RAY_LLM_SECRETS_FILE, else the repo's .secrets."""
-    secrets = environ.get(SECRETS_FILE_VAR)
-    return ENV_FILES[0], Path(secrets) if secrets else ENV_FILES[1]
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -71,32 +61,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="validate (with Ray Serve LLM's LLMConfig and vLLM's engine arguments), print the resolved configuration (secrets redacted) and exit without starting anything",
     )
     return parser.parse_args(argv)
-
-
-def insecure_secrets(path: Path) -> str | None:
-    """A .secrets that other users can read is refused (see plan.md)."""
-    if not path.is_file():
-        return None
-    mode = path.stat().st_mode & 0o777
-    if mode & 0o077:
-        return (f"{path} is readable or writable by other users (mode {mode:04o}); "
-                f"it holds secrets. Fix it with: chmod 600 {path}")
-    return None
-
-
-def load_env_files(environ: MutableMapping[str, str], files: Sequence[Path] = ENV_FILES,
-                   secret_names: Collection[str] | None = None) -> None:
-    """Fill in variables from .env/.secrets; values already in environ win.
-    With secret_names, only those are taken from the secrets file (files[1])."""
-    from dotenv import dotenv_values
-
-    for index, path in enumerate(files):
-        if path.is_file():
-            for key, value in dotenv_values(path).items():
-                if index == 1 and secret_names is not None and key not in secret_names:
-                    continue
-                if value is not None and key not in environ:
-                    environ[key] = value
 
 
 def drop_foreign_secrets(environ: MutableMapping[str, str]) -> None:

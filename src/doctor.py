@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, MutableMapping, Sequence
 
-from deploy import env_files, insecure_secrets, load_env_files
+from dotenv_files import env_files, insecure_secrets, load_env_files
 from model_source import offline
 from settings import COMPOSE_DIR, ConfigError, Settings, parse_settings, read_models_file
 
@@ -205,6 +205,19 @@ def ray_ports_private(environ: Mapping[str, str]) -> Check:
     return Check("ray-ports", WARN, f"RAY_PUBLISH_ADDRESS={address}: on the head, Ray Serve's port answers "
                  "completions to anyone who reaches it, with no API key",
                  "set RAY_PUBLISH_ADDRESS=127.0.0.1 (Nginx is the door; docs/operations.md)")
+
+
+def tls(environ: Mapping[str, str]) -> Check:
+    """Keys cross the network in clear without TLS (a tunnel does its own)."""
+    bind = environ.get("NGINX_BIND_ADDRESS", "0.0.0.0")
+    certs = host_path(environ, "NGINX_CERTS_DIR")
+    if (certs / "tls.crt").is_file() and (certs / "tls.key").is_file():
+        return Check("tls", PASS, f"HTTPS on NGINX_HTTPS_PORT with {certs}/tls.crt; plain HTTP /v1 is redirected")
+    if bind.startswith(LOOPBACK):
+        return Check("tls", PASS, f"plain HTTP on {bind} only (no certificate in {certs})")
+    return Check("tls", WARN, f"no tls.crt and tls.key in {certs} (NGINX_CERTS_DIR): Nginx serves {bind} over "
+                 "plain HTTP, so API keys and prompts cross the network in clear",
+                 f"put tls.crt and tls.key in {certs} (docs/operations.md, TLS), or use the tunnel profile")
 
 
 # Pages any host that reaches a node can read, with host networking (head,
@@ -419,7 +432,7 @@ def weights_check(environ: Mapping[str, str], prefix: str, model: Settings) -> C
                      "MODEL_SOURCE=/models/<folder>")
     if offline(environ):
         return Check("model", WARN, f"{prefix}HF_HUB_OFFLINE=1 with no MODEL_SOURCE: {model.model_id} must already "
-                     "be in the model-cache volume", "scripts/download-model.sh --volume fills it ahead of time")
+                     "be in the model-cache volume", "scripts/download-model.sh (no --dest) fills that volume ahead of time")
     return None
 
 
@@ -565,6 +578,7 @@ def run_checks(environ: MutableMapping[str, str], host: Host, profile: str | Non
         return checks
     checks.append(open_api(environ, settings))
     checks.append(gateway_limits(environ))
+    checks.append(tls(environ))
     checks.append(ray_ports_private(environ))
     if gpu:
         checks += gpu_checks(host, settings)

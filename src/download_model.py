@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import MutableMapping, Sequence
 
-from deploy import env_files, insecure_secrets, load_env_files
+from dotenv_files import env_files, insecure_secrets, load_env_files
 from model_source import offline
 from settings import HF_TOKEN_NAMES, ConfigError, first_secret, parse_settings, read_models_file
 

@@ -4,7 +4,7 @@ Nginx checks the key and sends its name (never the key) upstream as
 ``X-Ray-LLM-Key-Name`` (docker/nginx/templates/nginx.conf.template; a client's
 own header of that name is replaced). This pure ASGI middleware, loaded into
 Ray Serve's HTTP proxy with the other proxy middlewares
-(openai_errors.proxy_middlewares), counts per key name:
+(proxy_middlewares.py), counts per key name:
 
     ray_llm_key_requests_total{key_name, status}      every /v1 answer
     ray_llm_key_prompt_tokens_total{key_name}         from the answer's usage

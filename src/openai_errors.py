@@ -15,8 +15,9 @@ app is deployed becomes 503 (the model is not ready yet), like Nginx's
 /readyz.
 
 ``OpenAIErrorMiddleware`` is a pure ASGI middleware. Ray's HTTP proxy loads
-it through ``proxy_middlewares`` (RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH,
-set by deploy.py and ray-node.sh), so it sees every answer the proxy sends,
+it through ``proxy_middlewares.proxy_middlewares``
+(RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH, set by deploy.py and
+ray-node.sh), so it sees every answer the proxy sends,
 from the ingress and from the proxy itself. Successful answers pass through
 untouched (one status check per response; stream chunks are only searched
 for an error event). Nothing here imports Ray.
@@ -28,9 +29,6 @@ import json
 import re
 from typing import Any, Awaitable, Callable, MutableMapping
 
-# The import path Ray's HTTP proxy calls for extra middlewares.
-PROXY_CALLBACK_VAR = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
-PROXY_CALLBACK = "openai_errors.proxy_middlewares"
 # Only the OpenAI API is rewritten; Serve's own /-/ routes stay as they are.
 API_PREFIX = "/v1"
 # Largest error body read for rewriting; a longer one is cut (errors are small).
@@ -236,22 +234,3 @@ class OpenAIErrorMiddleware:
             headers.append((ERROR_HEADER, body))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-def proxy_middlewares() -> list[Any]:
-    """RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH target: the proxy's extra
-    middlewares. Ray wraps them in list order (ray.serve._private.http_util.
-    _apply_middlewares: each wraps the app built so far), so the LAST is the
-    outermost. Outermost first: the readiness probe (answers in OpenAI's
-    shape itself), the per-key usage counters (key_usage: they see what
-    clients get), the OpenAI error shape, and innermost the request bounds
-    (REQUEST_MAX_N, REQUEST_MAX_TOKENS), whose 400s pass through the error
-    shape like any other answer."""
-    from starlette.middleware import Middleware
-
-    from key_usage import KeyUsageMiddleware
-    from readiness import ReadinessMiddleware
-    from request_bounds import RequestBoundsMiddleware
-
-    return [Middleware(RequestBoundsMiddleware), Middleware(OpenAIErrorMiddleware), Middleware(KeyUsageMiddleware),
-            Middleware(ReadinessMiddleware)]

@@ -3,7 +3,7 @@
 vLLM accepts ``n`` (and ``best_of``) up to 16384 and ``max_tokens`` up to the
 context length, so one request can occupy a whole engine. This pure ASGI
 middleware, loaded into Ray Serve's HTTP proxy with the other proxy
-middlewares (openai_errors.proxy_middlewares), reads the JSON body of
+middlewares (proxy_middlewares.py), reads the JSON body of
 POST /v1/completions and /v1/chat/completions and answers 400 in OpenAI's
 shape, naming the parameter, when
 
@@ -24,11 +24,10 @@ import os
 from typing import Any, Awaitable, Callable, MutableMapping
 
 from asgi_body import read_body, replay
+from settings import DEFAULT_MAX_N, DEFAULT_MAX_TOKENS
 
 MAX_N_VAR = "REQUEST_MAX_N"
 MAX_TOKENS_VAR = "REQUEST_MAX_TOKENS"
-DEFAULT_MAX_N = 8
-DEFAULT_MAX_TOKENS = 4096
 BOUNDED_PATHS = ("/v1/completions", "/v1/chat/completions")
 # (parameter, variable) pairs; the first one over its bound is reported.
 CHECKS = (("n", MAX_N_VAR), ("best_of", MAX_N_VAR), ("max_tokens", MAX_TOKENS_VAR),

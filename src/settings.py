@@ -13,10 +13,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
-from engine_watchdog import DEFAULT_RECOVERY_TIMEOUT_S, DEFAULT_WATCHDOG_TIMEOUT_S
-from request_bounds import DEFAULT_MAX_N, DEFAULT_MAX_TOKENS
-
 T = TypeVar("T")
+
+# Compose's duration syntax, the one every duration setting takes.
+DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?")
+
+
+def duration_seconds(value: str) -> int | None:
+    """Seconds of a Compose-style duration (90, 90s, 2m, 1m30s, 1h), or None.
+    The one parser: settings use it, and scripts/local-stack.sh runs it
+    (`python3 src/settings.py duration VALUE`)."""
+    match = DURATION.fullmatch(value)
+    if not value or match is None:
+        return None
+    hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+# Defaults the Ray-side modules read too (engine_watchdog.py, request_bounds.py
+# import them from here: the pure settings import nothing of the glue).
+DEFAULT_WATCHDOG_TIMEOUT_S = 30
+# The second bound (deploy.py): the whole app unhealthy this long -> exit.
+DEFAULT_RECOVERY_TIMEOUT_S = 900
+DEFAULT_MAX_N = 8
+DEFAULT_MAX_TOKENS = 4096
 
 DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
 DEVICES = ("gpu", "cpu")
@@ -244,12 +263,10 @@ class _Reader:
     def duration_s(self, name: str) -> int:
         """Compose-style duration: 90, 90s, 2m, 1m30s, 1h."""
         value = self.raw(name)
-        match = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?", value)
-        if not value or match is None:
+        total = duration_seconds(value)
+        if total is None:
             self.problem(name, value, "expected a duration such as 60s, 2m or 1m30s")
             return 60
-        hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
-        total = hours * 3600 + minutes * 60 + seconds
         if total < 1:
             self.problem(name, value, "expected a duration of at least 1s")
             return 60
@@ -581,3 +598,16 @@ def help_text() -> str:
         default = "secret, from .secrets" if v.secret else f"default: {v.default or '(empty)'}"
         lines.append(f"  {v.name:<{width}}  {v.help} [{default}]")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    # `settings.py duration VALUE`: the seconds, or exit 2 (for the shell side).
+    import sys
+
+    if len(sys.argv) == 3 and sys.argv[1] == "duration":
+        parsed = duration_seconds(sys.argv[2])
+        if parsed is None:
+            sys.exit(2)
+        print(parsed)
+    else:
+        sys.exit("usage: settings.py duration VALUE")

@@ -57,14 +57,29 @@ new_worker() {
     done
     return 1
 }
+# Every worker that ran before the reload has begun its graceful exit: nginx
+# retitles it "worker process is shutting down" right before it closes its
+# listening sockets. Until then it still accepts connections with the old
+# configuration (seen: a revoked key still let in right after the reload).
+old_stopped_accepting() {
+    for pid in $before; do
+        title=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)
+        case $title in
+            '' | *"shutting down"*) ;;  # gone, or no longer accepting
+            *) return 1 ;;
+        esac
+    done
+    return 0
+}
 nginx -p "$prefix" -e stderr -c "$conf_dir/nginx.conf" -s reload
 # The master answers SIGHUP at once but loads the new configuration after:
-# done when a worker it started since is there (bounded: 10 s).
+# done when a worker it started since is there and the old ones have stopped
+# accepting (bounded: 10 s).
 tries=0
-until new_worker; do
+until new_worker && old_stopped_accepting; do
     tries=$((tries + 1))
     if [ "$tries" -gt 50 ]; then
-        echo "reload.sh: ERROR: nginx started no new worker within 10 s of the reload (see its log)" >&2
+        echo "reload.sh: ERROR: within 10 s of the reload, nginx started no new worker or an old one kept accepting (see its log)" >&2
         exit 1
     fi
     sleep 0.2

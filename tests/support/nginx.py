@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import httpx
+from dotenv import dotenv_values
 import pytest
 
 from support import REPO_ROOT, free_port
@@ -44,21 +45,9 @@ SSE_INTERVAL_S = 0.2
 
 
 def read_dotenv(path: Path = DOTENV) -> dict[str, str]:
-    """KEY=VALUE lines of a dotenv file, with lib.sh's load_env_files rules."""
-    values: dict[str, str] = {}
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, value = line.split("=", 1)
-        key = key.removeprefix("export ").strip()
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            value = value[1:-1]
-        else:
-            value = value.split(" #", 1)[0].rstrip()
-        values[key] = value
-    return values
+    """A dotenv file's values, with python-dotenv (the Python side's one parser;
+    tests/unit/test_env_docs.py checks the shell's parsers against it)."""
+    return {key: value or "" for key, value in dotenv_values(path).items()}
 
 
 def base_env(**overrides: str) -> dict[str, str]:

@@ -254,6 +254,17 @@ def test_gateway_limits_turned_off_are_warned_about(doc: Doctor) -> None:
     assert warned.status == doctor.WARN and "NGINX_KEY_CONN_LIMIT" in warned.message
 
 
+def test_plain_http_on_a_public_address_is_warned_about(doc: Doctor, tmp_path: Path) -> None:
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    warned = doc.checks(NGINX_CERTS_DIR=str(certs))["tls"]
+    assert warned.status == doctor.WARN and "plain HTTP" in warned.message and str(certs) in warned.fix
+    assert doc.checks(NGINX_CERTS_DIR=str(certs), NGINX_BIND_ADDRESS="127.0.0.1")["tls"].status == doctor.PASS
+    (certs / "tls.crt").write_text("x")
+    (certs / "tls.key").write_text("x")
+    assert doc.checks(NGINX_CERTS_DIR=str(certs))["tls"].status == doctor.PASS
+
+
 def test_busy_port(doc: Doctor) -> None:
     doc.busy = {8000}
     assert "RAY_API_PORT=8000 (127.0.0.1)" in failed(doc.checks(RAY_API_PORT="8000"))["ports"]

@@ -22,7 +22,8 @@ NGINX_IMAGE_NATIVE = {"NGINX_ENVSUBST_OUTPUT_DIR", "NGINX_ENVSUBST_TEMPLATE_DIR"
 # where Compose publishes the bridge nginx (NGINX_BIND_ADDRESS).
 COMPOSE_WIRING = {"NGINX_PUBLISHED_ADDRESS"}
 # Upstream settings read by the libraries themselves: they reach NCCL and
-# torch.distributed in the vLLM workers through the containers' env_file.
+# torch.distributed in the vLLM workers through the compose file's environment:
+# map (interpolated from .env), never env_file.
 UPSTREAM_PREFIXES = ("NCCL_", "GLOO_")
 ENVSH = REPO_ROOT / "docker" / "nginx" / "entrypoint.d" / "05-ray-llm.envsh"
 TEMPLATES = sorted((REPO_ROOT / "docker" / "nginx" / "templates").glob("*.template"))

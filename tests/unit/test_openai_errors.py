@@ -217,7 +217,7 @@ def test_proxy_middlewares_nest_as_ray_applies_them() -> None:
     from ray.serve._private.http_util import _apply_middlewares
 
     import key_usage
-    from openai_errors import proxy_middlewares
+    from proxy_middlewares import proxy_middlewares
 
     counted: list[tuple[str, int]] = []
 

@@ -78,13 +78,17 @@ def test_bad_watchdog_timeout_is_refused(value: str, fragment: str) -> None:
 
 
 def test_watched_server_class_is_a_real_llm_server() -> None:
-    """The import path LLMConfig.server_cls takes resolves to an LLMServer subclass
-    with its own health check, and Ray's LLMConfig accepts it."""
-    from ray.llm._internal.serve.core.server.llm_server import LLMServer
-    from ray.serve.llm import LLMConfig
+    """The import path LLMConfig.server_cls takes resolves to a subclass of
+    Ray's public LLMServer with its own health check, and Ray's LLMConfig
+    accepts it. The two private names it still imports exist (a Ray upgrade
+    that moves them fails here, not in a replica)."""
+    from ray.llm._internal.common.errors import VLLM_FATAL_ERRORS
+    from ray.llm._internal.serve.core.configs.openai_api_models import OpenAIHTTPException
+    from ray.serve.llm import LLMConfig, LLMServer
 
     import engine_watchdog
 
+    assert VLLM_FATAL_ERRORS and issubclass(OpenAIHTTPException, Exception)
     cls = engine_watchdog.WatchedLLMServer
     assert issubclass(cls, LLMServer) and cls.check_health is not LLMServer.check_health
     assert cls.__module__ == "engine_watchdog" and cls.__qualname__ == "WatchedLLMServer"

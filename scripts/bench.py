@@ -456,7 +456,7 @@ def stop_group(proc: subprocess.Popen[bytes], grace_s: float = 60) -> None:
 def make_bench_model(python: str) -> Path:
     """The tiny model's tokenizer with BENCH_MODEL_SHAPE; weights are vLLM's dummy ones."""
     tiny = RUNTIME_DIR / "models" / "tiny-llama"
-    subprocess.run([python, str(REPO_ROOT / "scripts" / "make-tiny-model.py"), str(tiny)], check=True,
+    subprocess.run([python, str(REPO_ROOT / "tools" / "make-tiny-model.py"), str(tiny)], check=True,
                    stdout=subprocess.DEVNULL)
     out = RUNTIME_DIR / "models" / BENCH_MODEL_NAME
     config = json.loads((tiny / "config.json").read_text())

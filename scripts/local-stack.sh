@@ -150,7 +150,7 @@ start_serve() {
   check_port_free RAY_DASHBOARD_PORT "$RAY_DASHBOARD_PORT"
   if [[ -n "${USING_TINY_MODEL:-}" ]]; then
     log_info "no MODEL_SOURCE on a CPU machine: serving the tiny local model as '$SERVED_MODEL_NAME'"
-    "$VENV/bin/python" "$REPO_ROOT/scripts/make-tiny-model.py" "$TINY_MODEL_DIR" >&2
+    "$VENV/bin/python" "$REPO_ROOT/tools/make-tiny-model.py" "$TINY_MODEL_DIR" >&2
   fi
   : >"$STACK_DIR/serve.log"
   log_info "starting Ray Serve LLM (logs: $STACK_DIR/serve.log)"

@@ -10,9 +10,9 @@
 #                                 Compose rendering; no model engine and no
 #                                 Docker engine; after every edit
 #   scripts/test.sh [--quick] ARGS  pytest arguments (paths, -k, -m) narrow the run
-# The Docker engine is a private dockerd (scripts/docker-engine.sh) installed
+# The Docker engine is a private dockerd (tools/docker-engine.sh) installed
 # when missing, started here and stopped by PID at the end; base images are
-# local stand-ins (scripts/standin-images.sh). Images, build cache and
+# local stand-ins (tools/standin-images.sh). Images, build cache and
 # downloads are cached outside the clone ($RAY_LLM_CACHE_DIR, default
 # ~/.cache/ray-llm-serve), so a repeat run is fast.
 # .ci/run calls exactly this, with no arguments.
@@ -61,14 +61,14 @@ install_compose_plugin() {
 # for the base images no registry can give us here. Stopped by stop_engine.
 start_engine() {
   local step=$SECONDS line
-  "$REPO_ROOT/scripts/docker-engine.sh" install
-  eval "$("$REPO_ROOT/scripts/docker-engine.sh" start)"
+  "$REPO_ROOT/tools/docker-engine.sh" install
+  eval "$("$REPO_ROOT/tools/docker-engine.sh" start)"
   export DOCKER_HOST
   ENGINE_STARTED=1
-  "$REPO_ROOT/scripts/standin-images.sh" build
+  "$REPO_ROOT/tools/standin-images.sh" build
   while IFS= read -r line; do
     export "${line?}"
-  done < <("$REPO_ROOT/scripts/standin-images.sh" names)
+  done < <("$REPO_ROOT/tools/standin-images.sh" names)
   # Builds here pass a TLS-inspecting proxy: its CA, as the build secret the
   # compose file offers every user (BUILD_CA_BUNDLE).
   if compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null; then
@@ -83,7 +83,7 @@ stop_engine() {
   # Images replaced by this run's builds (3 GB each) would pile up in the
   # cached data-root; the build cache itself is kept.
   docker image prune --force >/dev/null 2>&1 || log_warn "could not prune dangling images"
-  "$REPO_ROOT/scripts/docker-engine.sh" stop || log_warn "could not stop the private dockerd"
+  "$REPO_ROOT/tools/docker-engine.sh" stop || log_warn "could not stop the private dockerd"
 }
 
 # The whole suite: the unit tier beside the integration tier. The unit tier
@@ -95,7 +95,7 @@ stop_engine() {
 run_both_tiers() {
   local unit_log="$RUNTIME_DIR/unit-tier.log" unit_pid rc=0 unit_rc=0
   # Both tiers serve the tiny model: built once here, not by both at once.
-  python "$REPO_ROOT/scripts/make-tiny-model.py" "$RUNTIME_DIR/models/tiny-llama" >&2
+  python "$REPO_ROOT/tools/make-tiny-model.py" "$RUNTIME_DIR/models/tiny-llama" >&2
   python -m pytest -p no:cacheprovider tests/unit >"$unit_log" 2>&1 &
   unit_pid=$!
   python -m pytest tests/integration || rc=$?
@@ -121,7 +121,7 @@ main() {
   ensure_cpu_venv "$VENV"
   if ((quick)); then
     # `docker compose config` needs the docker CLI, never an engine.
-    command -v docker >/dev/null 2>&1 || "$REPO_ROOT/scripts/docker-engine.sh" install
+    command -v docker >/dev/null 2>&1 || "$REPO_ROOT/tools/docker-engine.sh" install
   else
     trap stop_engine EXIT
     # Before the venv goes on PATH: the stand-in builds use the machine's own

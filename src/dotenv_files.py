@@ -13,7 +13,7 @@ from typing import Collection, Mapping, MutableMapping, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_FILES = (REPO_ROOT / ".env", REPO_ROOT / ".secrets")
-# Set by scripts/container-entrypoint.sh: the container's private copy of the
+# Set by docker/container-entrypoint.sh: the container's private copy of the
 # .secrets that Compose mounts (a Compose secret, never in the environment).
 SECRETS_FILE_VAR = "RAY_LLM_SECRETS_FILE"
 

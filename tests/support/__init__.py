@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-# The local random-weight Llama every stack serves (scripts/make-tiny-model.py).
+# The local random-weight Llama every stack serves (tools/make-tiny-model.py).
 TINY_MODEL_DIR = REPO_ROOT / ".runtime" / "models" / "tiny-llama"
 
 
@@ -102,7 +102,7 @@ def make_tiny_model() -> None:
     if (TINY_MODEL_DIR / "config.json").exists():
         return
     python = shutil.which("python") or "python3"
-    out = subprocess.run([python, str(REPO_ROOT / "scripts" / "make-tiny-model.py"), str(TINY_MODEL_DIR)],
+    out = subprocess.run([python, str(REPO_ROOT / "tools" / "make-tiny-model.py"), str(TINY_MODEL_DIR)],
                          text=True, capture_output=True, timeout=300, check=False)
     assert out.returncode == 0, out.stderr
 

@@ -4,7 +4,7 @@ Preferred: two network namespaces joined by a veth pair, each with its own IP
 (198.18.0.0/15 is reserved for benchmarking, so it never clashes with a real
 network). Fallback when namespaces are not permitted: two loopback addresses
 (127.0.0.2 and .3; Ray swaps 127.0.0.1 for the machine's own address).
-Nodes are started by scripts/ray-node.sh, the entry point of the Compose
+Nodes are started by docker/ray-node.sh, the entry point of the Compose
 head/worker profiles.
 """
 
@@ -25,7 +25,7 @@ from dotenv import dotenv_values
 from support import REPO_ROOT, free_port, require_tool, session_processes
 from support.local_stack import FAST_RESTARTS
 
-NODE_SCRIPT = REPO_ROOT / "scripts" / "ray-node.sh"
+NODE_SCRIPT = REPO_ROOT / "docker" / "ray-node.sh"
 
 
 def _ip(*args: str) -> subprocess.CompletedProcess[str]:

@@ -1,7 +1,7 @@
 """Drive the real Compose stack (cpu profile) on the private Docker engine.
 
-scripts/test.sh installs and starts the engine (scripts/docker-engine.sh) and
-builds the local stand-ins for the base images (scripts/standin-images.sh),
+scripts/test.sh installs and starts the engine (tools/docker-engine.sh) and
+builds the local stand-ins for the base images (tools/standin-images.sh),
 then exports DOCKER_HOST and the STANDIN_* image names. Everything here runs
 the repo's own docker/docker-compose.yml and .env from the repo root, with
 environment overrides only.

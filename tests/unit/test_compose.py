@@ -255,7 +255,7 @@ def test_serving_containers_start_as_root_only_to_drop_it(project: ComposeProjec
         serve = project.config()["services"][name]
         assert serve["user"] == "0:0" and serve["init"] is False
         assert serve["tmpfs"] == ["/run/ray-llm:uid=10001,gid=10001,mode=0700,size=1m"]
-        assert serve["healthcheck"]["test"][1] == "/app/scripts/container-entrypoint.sh"
+        assert serve["healthcheck"]["test"][1] == "/app/docker/container-entrypoint.sh"
 
 
 @pytest.mark.parametrize("variable", ["HF_ENDPOINT", "RAY_API_PORT", "GPUS_PER_NODE", "NGINX_HTTP_PORT"])
@@ -286,7 +286,7 @@ def test_head_profile(project: ComposeProject) -> None:
     assert set(cfg["services"]) == {"ray-head", "nginx-head"}
     head, nginx = cfg["services"]["ray-head"], cfg["services"]["nginx-head"]
     assert head["network_mode"] == "host" and head["ipc"] == "host"
-    assert head["command"] == ["/app/scripts/ray-node.sh", "head"]
+    assert head["command"] == ["/app/docker/ray-node.sh", "head"]
     assert {d["source"] for d in head["devices"]} == {"/dev/infiniband"}
     mounts = {v["target"]: v for v in head["volumes"]}
     for target in ("/sys/class/infiniband", "/sys/class/net", "/etc/rdma", "/models"):
@@ -309,7 +309,7 @@ def test_worker_profile(project: ComposeProject) -> None:
     cfg = project.config()
     assert set(cfg["services"]) == {"ray-worker"}
     worker = cfg["services"]["ray-worker"]
-    assert worker["command"] == ["/app/scripts/ray-node.sh", "worker"]
+    assert worker["command"] == ["/app/docker/ray-node.sh", "worker"]
     assert worker["network_mode"] == "host"
     assert worker["environment"]["VLLM_HOST_IP"] == "10.0.0.2"
     assert worker["environment"]["RAY_HEAD_HOST"] == "10.0.0.1"

@@ -124,5 +124,5 @@ def test_secrets_and_runtime_files_are_ignored() -> None:
     # and the build's CA helper.
     start = dockerignore.index("*")
     assert dockerignore[start:start + 8] == ["*", "!requirements.txt", "!requirements-cpu.txt", "!src/",
-                                             "!scripts/container-entrypoint.sh", "!scripts/ray-node.sh",
+                                             "!docker/container-entrypoint.sh", "!docker/ray-node.sh",
                                              "!scripts/lib.sh", "!docker/with-build-ca.sh"]

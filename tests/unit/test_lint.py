@@ -31,7 +31,7 @@ def shell_scripts() -> list[Path]:
 
 
 DOCKERFILES = [REPO_ROOT / "docker" / "Dockerfile", REPO_ROOT / "docker" / "nginx" / "Dockerfile",
-               *sorted((REPO_ROOT / "tests" / "standins").glob("*.Dockerfile"))]
+               *sorted((REPO_ROOT / "tools" / "standins").glob("*.Dockerfile"))]
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.relative_to(REPO_ROOT).as_posix())
@@ -83,7 +83,7 @@ def test_ci_runs_exactly_the_test_command() -> None:
 
 def test_locks_are_up_to_date() -> None:
     """Recompiles requirements*.in (x86_64 and aarch64) and compares with the locks."""
-    out = run(["bash", str(REPO_ROOT / "scripts" / "lock.sh"), "--check"], cwd=REPO_ROOT, timeout=300)
+    out = run(["bash", str(REPO_ROOT / "tools" / "lock.sh"), "--check"], cwd=REPO_ROOT, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
 
 

@@ -125,14 +125,14 @@ def test_promtool_rejects_a_bad_rendered_config(project: ComposeProject, tmp_pat
 
 
 def test_dashboards_are_the_ones_ray_generates() -> None:
-    out = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "make-dashboards.py"), "--check"],
+    out = subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "make-dashboards.py"), "--check"],
                          capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
 
 
 def test_dashboards_load_and_use_the_provisioned_datasource() -> None:
     found = dashboards()
-    # Ray's three (scripts/make-dashboards.py) and the project's per-key usage.
+    # Ray's three (tools/make-dashboards.py) and the project's per-key usage.
     assert set(found) == {"serve_grafana_dashboard.json", "serve_deployment_grafana_dashboard.json",
                           "serve_llm_grafana_dashboard.json", "ray_llm_keys_dashboard.json"}
     datasources = yaml.safe_load((PROVISIONING / "datasources" / "prometheus.yml").read_text())["datasources"]

@@ -18,6 +18,7 @@ PLANTED = "hf_PlantedBuildContextToken_3e9a"
 def scratch_repo(root: Path) -> Path:
     shutil.copytree(REPO_ROOT / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO_ROOT / "scripts", root / "scripts", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO_ROOT / "docker", root / "docker", ignore=shutil.ignore_patterns("__pycache__"))
     for name in (".env", ".dockerignore", "requirements.txt"):
         shutil.copy(REPO_ROOT / name, root / name)
     (root / ".secrets").write_text(f"HF_TOKEN={PLANTED}\n")
@@ -77,7 +78,7 @@ def test_build_context_excludes_secrets(tmp_path: Path) -> None:
     repo = scratch_repo(tmp_path)
     context = docker_context(repo)
     names = {p.relative_to(repo).as_posix() for p in context}
-    assert "requirements.txt" in names and "src/deploy.py" in names and "scripts/ray-node.sh" in names
+    assert "requirements.txt" in names and "src/deploy.py" in names and "docker/ray-node.sh" in names
     assert ".secrets" not in names and ".env" not in names
     for path in context:
         assert PLANTED not in path.read_text(errors="replace"), path
@@ -108,12 +109,12 @@ def test_hf_token_moves_from_environment_to_private_file(tmp_path: Path) -> None
 
 
 def test_the_serving_container_copies_only_the_servers_secrets() -> None:
-    """scripts/container-entrypoint.sh's list is deploy.py's SERVER_SECRETS."""
+    """docker/container-entrypoint.sh's list is deploy.py's SERVER_SECRETS."""
     import re
 
     from deploy import SERVER_SECRETS
 
-    script = (REPO_ROOT / "scripts" / "container-entrypoint.sh").read_text()
+    script = (REPO_ROOT / "docker" / "container-entrypoint.sh").read_text()
     listed = re.search(r"^SERVER_SECRETS='([A-Z_|]+)'$", script, re.M)
     assert listed and set(listed.group(1).split("|")) == SERVER_SECRETS
 

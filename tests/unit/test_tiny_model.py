@@ -1,4 +1,4 @@
-"""Tests for scripts/make-tiny-model.py (builds only; vLLM is not started)."""
+"""Tests for tools/make-tiny-model.py (builds only; vLLM is not started)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = REPO_ROOT / "scripts" / "make-tiny-model.py"
+SCRIPT = REPO_ROOT / "tools" / "make-tiny-model.py"
 MARKER = ".tiny-model-complete"
 EXPECTED_FILES = (
     "config.json",

@@ -1,5 +1,5 @@
 """Two-host Ray cluster on one machine, started by the Compose profiles' entry
-point (scripts/ray-node.sh) on the CPU engine, with Nginx on the head.
+point (docker/ray-node.sh) on the CPU engine, with Nginx on the head.
 
 The head starts with --num-cpus=0, so the model's placement group can only go
 to the worker: a completion through the head's Nginx proves the cross-node

@@ -127,7 +127,7 @@ def test_images_build(up: ComposeStack) -> None:
         assert up.docker("image", "inspect", image).returncode == 0, image
     config = up.inspect("ray-llm-serve:cpu-local")["Config"]
     assert config["User"] == "10001"
-    assert config["Entrypoint"] == ["/app/scripts/container-entrypoint.sh"]
+    assert config["Entrypoint"] == ["/app/docker/container-entrypoint.sh"]
     # The build's extra CA (a build secret) never lands in the image.
     history = up.docker("history", "--no-trunc", "ray-llm-serve:cpu-local").stdout
     assert "BEGIN CERTIFICATE" not in history
@@ -826,7 +826,7 @@ def engine_of(s: ComposeStack, name: str) -> int:
 
 def healthcheck(s: ComposeStack) -> subprocess.CompletedProcess[str]:
     """The container's own healthcheck command, run now."""
-    return s.docker("exec", s.container(SERVE), "/app/scripts/container-entrypoint.sh", "python",
+    return s.docker("exec", s.container(SERVE), "/app/docker/container-entrypoint.sh", "python",
                     "/app/src/healthcheck.py", timeout=120)
 
 

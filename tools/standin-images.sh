@@ -3,10 +3,10 @@
 # machines that reach no image registry (ours reach only PyPI and Debian).
 # They are never tagged with an official image's name: all live under
 # ray-llm-standin/, and you pass them in explicitly (build args such as CPU_BASE_IMAGE, UV_IMAGE, NGINX_BASE_IMAGE).
-#   scripts/standin-images.sh build   build the missing ones (idempotent)
-#   scripts/standin-images.sh names   print STANDIN_*_IMAGE=... lines
+#   tools/standin-images.sh build   build the missing ones (idempotent)
+#   tools/standin-images.sh names   print STANDIN_*_IMAGE=... lines
 # Needs DOCKER_HOST pointing at an engine with buildx, e.g.
-#   eval "$(scripts/docker-engine.sh start)"
+#   eval "$(tools/docker-engine.sh start)"
 #
 #   ray-llm-standin/debian:bookworm-minbase  debootstrap minbase of Debian 12
 #   ray-llm-standin/uv:<version>             just /uv and /uvx (PyPI's uv wheel)
@@ -17,9 +17,9 @@
 # delete a file there to rebuild it from scratch.
 set -Eeuo pipefail
 # shellcheck source=scripts/lib.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 
-# Same definition as scripts/docker-engine.sh.
+# Same definition as tools/docker-engine.sh.
 RAY_LLM_CACHE_DIR="${RAY_LLM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ray-llm-serve}"
 STANDIN_DIR="$RAY_LLM_CACHE_DIR/standins"
 
@@ -31,7 +31,7 @@ DEBIAN_IMAGE="ray-llm-standin/debian:$DEBIAN_SUITE-minbase"
 STANDIN_NGINX_TAG="ray-llm-standin/nginx:debian"
 STANDIN_PROMETHEUS_TAG="ray-llm-standin/prometheus:debian"
 STANDIN_NGINX_EXPORTER_TAG="ray-llm-standin/nginx-exporter:debian"
-STANDINS_DIR="$REPO_ROOT/tests/standins"
+STANDINS_DIR="$REPO_ROOT/tools/standins"
 UV_IMAGE_REPO="ray-llm-standin/uv"
 DEBIAN_TARBALL="$STANDIN_DIR/debian-$DEBIAN_SUITE-minbase.tar"
 # Labels our images carry, so a changed recipe is rebuilt.
@@ -58,9 +58,9 @@ check_engine() {
   [[ -n "${DOCKER_HOST:-}" ]] ||
     log_warn "DOCKER_HOST is not set; using the docker CLI's default engine"
   docker info --format '{{.ServerVersion}}' >/dev/null 2>&1 ||
-    die "no Docker engine answers at ${DOCKER_HOST:-the default socket}; start one: eval \"\$(scripts/docker-engine.sh start)\""
+    die "no Docker engine answers at ${DOCKER_HOST:-the default socket}; start one: eval \"\$(tools/docker-engine.sh start)\""
   docker buildx version >/dev/null 2>&1 ||
-    die "docker buildx is missing; run: scripts/docker-engine.sh install"
+    die "docker buildx is missing; run: tools/docker-engine.sh install"
 }
 
 # --- debian ---------------------------------------------------------------------

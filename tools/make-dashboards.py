@@ -7,8 +7,8 @@ the code Ray's dashboard runs at start), not hand-drawn copies. Grafana
 (Compose profile monitoring) provisions them from there. Run with the test
 command's venv after a Ray upgrade:
 
-    .runtime/venv/bin/python scripts/make-dashboards.py          # rewrite
-    .runtime/venv/bin/python scripts/make-dashboards.py --check  # exit 1 when stale
+    .runtime/venv/bin/python tools/make-dashboards.py          # rewrite
+    .runtime/venv/bin/python tools/make-dashboards.py --check  # exit 1 when stale
 
 tests/unit/test_monitoring.py runs --check, so a Ray upgrade without a refresh fails.
 """
@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(content)
     if args.check and stale:
-        print("stale (regenerate with scripts/make-dashboards.py): " + ", ".join(stale), file=sys.stderr)
+        print("stale (regenerate with tools/make-dashboards.py): " + ", ".join(stale), file=sys.stderr)
         return 1
     print(("rewrote " if stale else "up to date: ") + ", ".join(stale or DASHBOARDS), file=sys.stderr)
     return 0

@@ -16,7 +16,7 @@
 # it back and it rejoins.
 set -Eeuo pipefail
 # shellcheck source=scripts/lib.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 
 PYTHON="${PYTHON:-python}"
 # Variables whose value differs per node. vLLM copies NCCL_* and VLLM_* from
@@ -222,7 +222,7 @@ run_worker() {
   exit $((rc == 0 ? 1 : rc))
 }
 
-# In Compose, .secrets is a mounted file (scripts/container-entrypoint.sh
+# In Compose, .secrets is a mounted file (docker/container-entrypoint.sh
 # points RAY_LLM_SECRETS_FILE at it): read RAY_AUTH_TOKEN and HF_TOKEN there.
 # Variables already set win, as everywhere else.
 load_secrets() {

@@ -10,7 +10,7 @@ same bytes. The model produces gibberish; it exists to exercise the serving
 stack (Ray Serve LLM, vLLM, Nginx) without a GPU or the Hugging Face Hub.
 
 Usage:
-    python scripts/make-tiny-model.py OUT_DIR [--seed N] [--force]
+    python tools/make-tiny-model.py OUT_DIR [--seed N] [--force]
 
 If OUT_DIR already holds a complete model built by this script with the same
 seed and recipe, the script exits 0 at once. The model is built in a temporary

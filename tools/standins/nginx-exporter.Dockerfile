@@ -1,6 +1,6 @@
 # Local STAND-IN for the Nginx exporter image (NGINX_EXPORTER_IMAGE,
 # officially nginx/nginx-prometheus-exporter), built by
-# scripts/standin-images.sh on machines that reach no image registry.
+# tools/standin-images.sh on machines that reach no image registry.
 # Debian's prometheus-nginx-exporter 0.11, not the official image, and never
 # tagged as one (repository ray-llm-standin/). Like the official image: the
 # binary as entry point, a non-root user.

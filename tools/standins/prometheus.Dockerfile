@@ -1,5 +1,5 @@
 # Local STAND-IN for the Prometheus image (PROMETHEUS_IMAGE, officially
-# prom/prometheus), built by scripts/standin-images.sh on machines that reach
+# prom/prometheus), built by tools/standin-images.sh on machines that reach
 # no image registry. Debian's Prometheus 2.42, not the official image, and
 # never tagged as one (repository ray-llm-standin/). Like the official image:
 # the binary as entry point, user nobody, data in /prometheus, wget for the

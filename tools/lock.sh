@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Recompile the pinned locks from their .in files.
-#   scripts/lock.sh          rewrite requirements.txt and requirements-*.txt
-#   scripts/lock.sh --check  recompile into a temp dir and fail if any lock differs
+#   tools/lock.sh          rewrite requirements.txt and requirements-*.txt
+#   tools/lock.sh --check  recompile into a temp dir and fail if any lock differs
 set -Eeuo pipefail
 # shellcheck source=scripts/lib.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 
 # The exact commands. Each lock's header repeats its command (uv writes it).
 compile_gpu() { # $1 = output, $2 = platform
@@ -46,7 +46,7 @@ main() {
     local failed=0 f
     for f in requirements.txt requirements-cpu.txt requirements-dev.txt; do
       if ! diff -u "$f" "$out/$f"; then
-        log_error "$f is out of date with its .in file: run scripts/lock.sh"
+        log_error "$f is out of date with its .in file: run tools/lock.sh"
         failed=1
       fi
     done

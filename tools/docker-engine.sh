@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # A private Docker Engine for this project's container tests, on a machine
 # without one (no systemd, no image registry).
-#   scripts/docker-engine.sh install   Engine >= 25 + buildx >= 0.17 from Debian packages
-#   scripts/docker-engine.sh start     private dockerd; prints `export DOCKER_HOST=...`
-#   scripts/docker-engine.sh stop      stops it (and its containerd and shims)
-#   scripts/docker-engine.sh status    whether it runs, versions
-#   scripts/docker-engine.sh env       prints the `export DOCKER_HOST=...` line
-# Typical use: eval "$(scripts/docker-engine.sh start)"
+#   tools/docker-engine.sh install   Engine >= 25 + buildx >= 0.17 from Debian packages
+#   tools/docker-engine.sh start     private dockerd; prints `export DOCKER_HOST=...`
+#   tools/docker-engine.sh stop      stops it (and its containerd and shims)
+#   tools/docker-engine.sh status    whether it runs, versions
+#   tools/docker-engine.sh env       prints the `export DOCKER_HOST=...` line
+# Typical use: eval "$(tools/docker-engine.sh start)"
 #
 # Debian 12's own docker.io (20.10) has no buildx and refuses
 # healthcheck.start_interval, so the Engine comes from Debian 13 (trixie), and
@@ -19,7 +19,7 @@
 # export line; all logging goes to stderr.
 set -Eeuo pipefail
 # shellcheck source=scripts/lib.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 
 # Outside the clone: images, build cache and downloaded packages survive a new
 # work tree.

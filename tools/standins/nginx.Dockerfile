@@ -1,5 +1,5 @@
 # Local STAND-IN for an nginx base image (NGINX_BASE_IMAGE), built by
-# scripts/standin-images.sh on machines that reach no image registry. It is not
+# tools/standin-images.sh on machines that reach no image registry. It is not
 # the official nginx image and is never tagged as one (repository
 # ray-llm-standin/).
 #

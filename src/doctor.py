@@ -464,10 +464,14 @@ def ports_to_check(environ: Mapping[str, str], settings: Settings, profile: str)
     nginx_bind = environ.get("NGINX_BIND_ADDRESS", "0.0.0.0")
     publish = environ.get("RAY_PUBLISH_ADDRESS", "127.0.0.1")
     if profile in ("head", "worker"):  # host networking: every port is the host's
-        ports = [("RAY_HEAD_PORT", "0.0.0.0", int(environ.get("RAY_HEAD_PORT", "6379") or 6379))]
+        metrics = [("RAY_METRICS_PORT", "0.0.0.0", settings.metrics_port)]
         if profile == "worker":
-            return []
-        ports += [("RAY_API_PORT", "0.0.0.0", settings.api_port), ("RAY_DASHBOARD_PORT", "0.0.0.0", settings.dashboard_port)]
+            return metrics
+        ports = [("RAY_HEAD_PORT", "0.0.0.0", int(environ.get("RAY_HEAD_PORT", "6379") or 6379)), *metrics,
+                 ("RAY_API_PORT", "0.0.0.0", settings.api_port), ("RAY_DASHBOARD_PORT", "0.0.0.0", settings.dashboard_port),
+                 # nginx-head's status page and tunnel door, on the host's loopback.
+                 ("NGINX_STATUS_PORT", "127.0.0.1", int(environ.get("NGINX_STATUS_PORT", "8081") or 8081)),
+                 ("NGINX_TUNNEL_PORT", "127.0.0.1", int(environ.get("NGINX_TUNNEL_PORT", "8082") or 8082))]
     else:
         ports = [("RAY_API_PORT", publish, settings.api_port), ("RAY_DASHBOARD_PORT", publish, settings.dashboard_port)]
     bind = "0.0.0.0" if nginx_bind in ("", "*") else nginx_bind

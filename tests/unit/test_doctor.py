@@ -270,6 +270,16 @@ def test_busy_port(doc: Doctor) -> None:
     assert "RAY_API_PORT=8000 (127.0.0.1)" in failed(doc.checks(RAY_API_PORT="8000"))["ports"]
 
 
+def test_host_network_ports_of_head_and_worker(doc: Doctor) -> None:
+    """With host networking, nginx-head's status page and tunnel door and Ray's
+    metrics port are the host's ports too."""
+    doc.busy = {8082, 8080}
+    head = failed(head_checks(doc, RAY_METRICS_PORT="8080"))["ports"]
+    assert "NGINX_TUNNEL_PORT=8082 (127.0.0.1)" in head and "RAY_METRICS_PORT=8080 (0.0.0.0)" in head
+    worker = failed(head_checks(doc, "worker", RAY_METRICS_PORT="8080"))["ports"]
+    assert "RAY_METRICS_PORT=8080" in worker and "NGINX_TUNNEL_PORT" not in worker
+
+
 @pytest.fixture
 def listener() -> Iterator[int]:
     with socket.socket() as sock:

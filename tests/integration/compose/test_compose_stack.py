@@ -499,9 +499,12 @@ def reload_nginx(s: ComposeStack) -> subprocess.CompletedProcess[str]:
 
 
 def long_stream(s: ComposeStack, key: str, outcome: dict[str, object], tokens: int = 400,
-                tls: bool = False, ended: threading.Event | None = None) -> threading.Thread:
+                tls: bool = False, hold: threading.Event | None = None) -> threading.Thread:
     """A chat stream of TOKENS tokens in the background; returns once it has
-    started. ENDED, when given, is set once the stream has ended."""
+    started. With HOLD, the client stops reading after the first chunk until
+    HOLD is set: Nginx cannot hand it the rest (a stream of 1900 tokens,
+    about 400 KB, is more than the sockets buffer), so the request stays in flight there
+    however fast the engine is."""
     started = threading.Event()
 
     def run() -> None:
@@ -509,15 +512,16 @@ def long_stream(s: ComposeStack, key: str, outcome: dict[str, object], tokens: i
             for chunk in client(s, key=key, timeout=300, tls=tls).chat.completions.create(
                     model=MODEL, stream=True, max_tokens=tokens, extra_body={"ignore_eos": True},
                     stream_options={"include_usage": True}, messages=[{"role": "user", "content": "count"}]):
-                started.set()
+                if not started.is_set():
+                    started.set()
+                    if hold is not None:
+                        hold.wait(300)
                 if chunk.usage:
                     outcome["completion_tokens"] = chunk.usage.completion_tokens
         except openai.OpenAIError as err:
             outcome["error"] = repr(err)
         finally:
             started.set()
-            if ended is not None:
-                ended.set()
 
     thread = threading.Thread(target=run)
     thread.start()
@@ -585,33 +589,28 @@ def test_per_key_limits_fairness_and_tls_inside_compose(up: ComposeStack) -> Non
     try:
         https = up.https_url
         idle = sorted(timed_completion(up, API_KEY, https) for _ in range(3))[1]
-        # team_c's two streams must overlap the third request: a 1500-token
-        # stream of the tiny model lasts a few seconds, and on a busy machine
-        # the first one can end before the second has started (seen once, in
-        # a cold-cache run). A 200 then proves nothing; it is a failure only
-        # while both streams were still running. Up to 3 tries.
-        for _ in range(3):
-            outcomes: list[dict[str, object]] = [{}, {}]
-            ends = [threading.Event(), threading.Event()]
-            streams = [long_stream(up, KEY_C, outcome, tokens=1500, tls=True, ended=end)
-                       for outcome, end in zip(outcomes, ends)]
+        # team_c's two streams are held open (their client reads nothing after
+        # the first chunk): the tiny model writes 1900 tokens in a few seconds,
+        # and a client that read on could let Nginx finish a stream before the
+        # third request (two runs saw a 200 that way).
+        hold = threading.Event()
+        outcomes: list[dict[str, object]] = [{}, {}]
+        streams = [long_stream(up, KEY_C, outcome, tokens=1900, tls=True, hold=hold) for outcome in outcomes]
+        try:
             refused = httpx.get(https + "/v1/models", headers={"Authorization": f"Bearer {KEY_C}"}, verify=False,
                                 timeout=30)
-            overlapped = not any(end.is_set() for end in ends)
-            if refused.status_code == 429 or overlapped:
-                break
-            for thread in streams:
-                thread.join(300)
-        assert refused.status_code == 429 and refused.headers["Retry-After"] == "1", (overlapped, refused.text)
-        assert refused.json()["error"]["code"] == "rate_limit_exceeded"
-        busy = sorted(timed_completion(up, API_KEY, https) for _ in range(3))[1]
+            assert refused.status_code == 429 and refused.headers["Retry-After"] == "1", refused.text
+            assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+            busy = sorted(timed_completion(up, API_KEY, https) for _ in range(3))[1]
+        finally:
+            hold.set()
         print(f"\nfairness: default key's completion median {idle * 1000:.0f} ms idle, "
               f"{busy * 1000:.0f} ms while team_c holds its 2 streams")
         # Served, and not queued behind team_c: a 4-token completion beside two streams.
         assert busy < idle * 4 + 1.0, (idle, busy)
         for thread in streams:
             thread.join(300)
-        assert outcomes == [{"completion_tokens": 1500}] * 2, outcomes
+        assert outcomes == [{"completion_tokens": 1900}] * 2, outcomes
         # TLS: HSTS on HTTPS; plain HTTP redirects /v1 and keeps /healthz.
         r = httpx.get(https + "/v1/models", headers={"Authorization": f"Bearer {API_KEY}"}, verify=False, timeout=30)
         assert r.status_code == 200 and r.headers["Strict-Transport-Security"] == "max-age=63072000"

@@ -102,9 +102,9 @@ stop_session() {
   rm -f "$pid_file"
 }
 
-# SERVE_STOP_GRACE_PERIOD (Compose duration, e.g. 60s, 2m) in seconds.
-# SERVE_STOP_GRACE_PERIOD in seconds, with settings.py's parser (the one
-# duration syntax; settings.py needs only the standard library).
+# SERVE_STOP_GRACE_PERIOD (Compose duration, e.g. 60s, 2m) in seconds, with
+# settings.py's parser (the one duration syntax; it needs only the standard
+# library).
 grace_seconds() {
   local value="${SERVE_STOP_GRACE_PERIOD:-60s}" python=python3
   [[ -x "$VENV/bin/python" ]] && python="$VENV/bin/python"

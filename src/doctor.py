@@ -223,15 +223,15 @@ def tls(environ: Mapping[str, str]) -> Check:
 # Pages any host that reaches a node can read, with host networking (head,
 # worker): measured by tests/integration/cluster/test_fabric_outsider.py and
 # listed in docs/operations.md, "Multi-node: what the fabric sees".
-HEAD_ONLY_PAGES = ("44227 (dashboard metrics)", "44217 (autoscaler metrics)", "8404 (HAProxy stats)",
-                   "9101 (HAProxy metrics)")
+HEAD_ONLY_PAGES = {44227: "dashboard metrics", 44217: "autoscaler metrics", 8404: "HAProxy stats",
+                   9101: "HAProxy metrics"}
 
 
 def fabric_ports(environ: Mapping[str, str], profile: str) -> Check:
     """Host networking: what stays readable without credentials needs the firewall."""
     pages = [f"{environ.get('RAY_METRICS_PORT', '8080')} (RAY_METRICS_PORT)"]
     if profile == "head":
-        pages += HEAD_ONLY_PAGES
+        pages += [f"{port} ({what})" for port, what in HEAD_ONLY_PAGES.items()]
     return Check("fabric-ports", WARN, f"readable by any host that reaches this node: {', '.join(pages)}; "
                  "vLLM's engine sockets on VLLM_HOST_IP take no credentials",
                  "firewall every port but Nginx's from hosts outside the cluster "

@@ -29,6 +29,7 @@ def duration_seconds(value: str) -> int | None:
     hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
     return hours * 3600 + minutes * 60 + seconds
 
+
 # Defaults the Ray-side modules read too (engine_watchdog.py, request_bounds.py
 # import them from here: the pure settings import nothing of the glue).
 DEFAULT_WATCHDOG_TIMEOUT_S = 30

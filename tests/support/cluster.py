@@ -229,12 +229,6 @@ class Cluster:
         assert out.returncode == 0, f"{cmd} failed: {out.stderr[-2000:]}"
         return out.stdout
 
-    def on_host(self, host: Host, *cmd: str, timeout: float = 60) -> str:
-        out = subprocess.run([*host.prefix(), *cmd], text=True, capture_output=True, timeout=timeout,
-                             env=self.nodes["head"].env, check=False)
-        assert out.returncode == 0, f"{cmd[:2]} on {host.name} failed: {out.stderr[-2000:]}"
-        return out.stdout
-
     def ray_probe(self, code: str) -> object:
         script = ("import json, ray; ray.init(address=%r, logging_level='ERROR', log_to_driver=False)\n%s\n"
                   % (f"{self.hosts.head.ip}:{self.gcs_port}", code))

@@ -50,6 +50,12 @@ def read_dotenv(path: Path = DOTENV) -> dict[str, str]:
     return {key: value or "" for key, value in dotenv_values(path).items()}
 
 
+def access_log_entries(text: str) -> list[dict[str, Any]]:
+    """The JSON access log lines (nginx.conf's ray_llm_json format) in TEXT,
+    a log that also holds Nginx's other output."""
+    return [json.loads(line) for line in text.splitlines() if line.startswith('{"time"')]
+
+
 def base_env(**overrides: str) -> dict[str, str]:
     """.env defaults on loopback ports, in a minimal environment."""
     env = {k: os.environ[k] for k in ("HOME", "LANG", "TMPDIR") if k in os.environ}
@@ -379,6 +385,9 @@ class NginxStack:
 
     def client(self, **kwargs: Any) -> httpx.Client:
         return httpx.Client(timeout=kwargs.pop("timeout", 10), trust_env=False, **kwargs)
+
+    def access_log(self) -> list[dict[str, Any]]:
+        return access_log_entries(self.log_path.read_text(errors="replace"))
 
     def log_tail(self, lines: int = 40) -> str:
         try:

@@ -323,9 +323,8 @@ def test_multinode_profiles_warn_about_the_pages_the_fabric_can_read(doc: Doctor
     for check in (head, worker):
         assert check.status == doctor.WARN and "8080 (RAY_METRICS_PORT)" in check.message
         assert "Multi-node: what the fabric sees" in check.fix and "## Multi-node: what the fabric sees" in guide
-    for page in doctor.HEAD_ONLY_PAGES:
-        port = page.split()[0]
-        assert port in head.message and port not in worker.message and f"`{port}`" in guide, page
+    for port, what in doctor.HEAD_ONLY_PAGES.items():
+        assert f"{port} ({what})" in head.message and str(port) not in worker.message and f"`{port}`" in guide
     assert "fabric-ports" not in doc.checks("cpu")
 
 

@@ -6,7 +6,6 @@ against the Compose nginx in tests/integration/compose."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import threading
@@ -119,7 +118,7 @@ def test_each_named_key_works_and_only_its_name_is_logged(keyed: NginxStack) -> 
         json_error(client.get(keyed.url + "/v1/models", headers=bearer(KEY_A.upper())), 401, "invalid_api_key")
     wait_for("the access log lines", lambda: keyed.log_path.read_text().count('"key_name"') >= 4)
     log = keyed.log_path.read_text()
-    names = [json.loads(line)["key_name"] for line in log.splitlines() if line.startswith('{"time"')]
+    names = [entry["key_name"] for entry in keyed.access_log()]
     assert names[:4] == ["team_a", "default", "", ""], names
     rendered = "".join(p.read_text() for p in (keyed.workdir / "conf").glob("*.conf") if p.name != "api-keys.conf")
     for key in (KEY_A, KEY_C):
@@ -258,13 +257,8 @@ def test_connections_per_address_are_capped_before_the_key_is_checked(tmp_path: 
         stack.stop()
 
 
-
 # Documentation addresses (RFC 5737): only ever a header's value, never a peer.
 CLIENT_A, CLIENT_B = "192.0.2.7", "192.0.2.8"
-
-
-def access_log(stack: NginxStack) -> list[dict]:
-    return [json.loads(line) for line in stack.log_path.read_text().splitlines() if line.startswith('{"time"')]
 
 
 def test_behind_the_tunnel_the_client_address_comes_from_cloudflared(keyed: NginxStack) -> None:
@@ -289,8 +283,8 @@ def test_behind_the_tunnel_the_client_address_comes_from_cloudflared(keyed: Ngin
         assert codes.count(429) >= 10, codes
         json_error(client.get(keyed.url + "/v1/models", headers={**bearer(KEY_B), "CF-Connecting-IP": CLIENT_B}),
                    429, "rate_limit_exceeded")
-    wait_for("the access log lines", lambda: len(access_log(keyed)) >= 63)
-    lines = access_log(keyed)
+    wait_for("the access log lines", lambda: len(keyed.access_log()) >= 63)
+    lines = keyed.access_log()
     assert (lines[0]["remote_addr"], lines[0]["peer_addr"], lines[0]["key_name"]) == (CLIENT_A, "127.0.0.1", "team_a")
     assert lines[31]["remote_addr"] == CLIENT_B
     assert {line["remote_addr"] for line in lines[32:]} == {"127.0.0.1"}, lines[32:]
@@ -316,6 +310,7 @@ def test_tls_leaves_the_tunnels_door_on_plain_http(tls_stack: NginxStack) -> Non
     with tls_stack.client() as client:
         r = client.get(f"http://127.0.0.1:{tls_stack.env['NGINX_TUNNEL_PORT']}/v1/models", headers=bearer(KEY_C))
         assert r.status_code == 200 and "Strict-Transport-Security" not in r.headers, r.text
+
 
 # --- 5. OpenAI errors in every window ----------------------------------------------------
 

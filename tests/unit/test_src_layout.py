@@ -55,3 +55,12 @@ def test_tools_do_not_import_the_server() -> None:
     for name in TOOLS:
         if name in GRAPH:
             assert "deploy" not in reachable(name), f"{name} reaches deploy.py: {sorted(reachable(name))}"
+
+
+def test_ray_node_exports_the_proxy_callback_deploy_py_sets() -> None:
+    """The head's `ray start` (docker/ray-node.sh) must name the same proxy
+    middlewares as deploy.py: Ray's proxy actor inherits the raylet's environment."""
+    from proxy_middlewares import PROXY_CALLBACK, PROXY_CALLBACK_VAR
+
+    script = (REPO_ROOT / "docker" / "ray-node.sh").read_text()
+    assert f"export {PROXY_CALLBACK_VAR}={PROXY_CALLBACK}\n" in script

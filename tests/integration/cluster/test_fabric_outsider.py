@@ -88,7 +88,9 @@ def probe(target):
     except OSError as err:
         found["connect"] = repr(err)
         return found
-    if found["banner"].startswith("000018040000"):  # an HTTP/2 server's SETTINGS frame: gRPC
+    # An HTTP/2 server's SETTINGS frame first: gRPC.
+    found["h2"] = found["banner"].startswith("000018040000")
+    if found["h2"]:
         for method in methods:
             plain = grpc_call(host, port, method, None)
             if plain != "UNIMPLEMENTED":
@@ -114,11 +116,10 @@ print(json.dumps(results))
 def listening(host: Host) -> dict[int, str]:
     """TCP ports HOST listens on at an address another host can reach (not
     loopback), with the name of the process that owns each."""
-    assert host.netns is not None
     owners = socket_owners()
     ports: dict[int, str] = {}
     for table in ("tcp", "tcp6"):
-        out = subprocess.run(["ip", "netns", "exec", host.netns, "cat", f"/proc/net/{table}"], text=True,
+        out = subprocess.run([*host.prefix(), "cat", f"/proc/net/{table}"], text=True,
                              capture_output=True, check=True).stdout
         for line in out.splitlines()[1:]:
             fields = line.split()
@@ -166,7 +167,7 @@ def test_the_outsider_gets_nothing_without_credentials(cluster: Cluster) -> None
     assert out.returncode == 0, out.stderr[-3000:]
     # The pages the doctor's fabric-ports warning names (and the guide lists).
     metrics_port = int(cluster.nodes["head"].env["RAY_METRICS_PORT"])
-    known_pages = {metrics_port, *(int(page.split()[0]) for page in doctor.HEAD_ONLY_PAGES)}
+    known_pages = {metrics_port, *doctor.HEAD_ONLY_PAGES}
     guide = (REPO_ROOT / "docs" / "operations.md").read_text()
     assert "`RAY_METRICS_PORT`" in guide and "vLLM's engine sockets" in guide
     table, problems = [], []
@@ -208,7 +209,7 @@ def classify(found: dict, cluster: Cluster) -> str:
             if with_token == "UNAUTHENTICATED":
                 return f"OPEN?: gRPC {method} refused the cluster token too (the probe proves nothing)"
         return "gRPC, token required (" + ", ".join(m.split("/")[1] for m in calls) + ")"
-    if found["banner"].startswith("000018040000"):
+    if found["h2"]:
         return "OPEN?: a gRPC server with none of Ray's services this probe knows"
     completion = answers.get("/v1/chat/completions", [0, ""])
     if completion[0] == 401 and found["port"] == cluster.http_port:

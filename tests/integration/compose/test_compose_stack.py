@@ -46,7 +46,7 @@ from support.compose_stack import (
     ComposeStack,
     wait_for,
 )
-from support.nginx import make_cert, read_dotenv
+from support.nginx import access_log_entries, make_cert, read_dotenv
 from support.fake_hub import FakeHub
 
 pytestmark = pytest.mark.docker
@@ -296,7 +296,6 @@ def test_tunnel_refuses_to_start_without_an_api_key_inside_compose(up: ComposeSt
         up.docker("volume", "rm", "-f", f"{up.project}_tunnel-secret")
 
 
-
 # Runs in the model server's container, on the Compose network like
 # cloudflared: requests as cloudflared sends them (the client's address in
 # CF-Connecting-IP) to Nginx's tunnel door, and the same header to the public
@@ -343,6 +342,7 @@ def test_tunnel_door_takes_the_client_address_from_cloudflared_inside_compose(up
             if e["remote_addr"] in ("192.0.2.7", "192.0.2.8") or e["peer_addr"] == serve_ip]
     assert ("192.0.2.7", serve_ip, "default") in seen and ("192.0.2.8", serve_ip, "") in seen, seen
     assert not {addr for addr, _, _ in seen} & {"192.0.2.9", "192.0.2.10"}, seen
+
 
 def published_ports(s: ComposeStack, service: str) -> set[tuple[str, int]]:
     ports = s.inspect(s.container(service))["NetworkSettings"]["Ports"]
@@ -484,8 +484,7 @@ def test_nginx_refuses_an_open_api_on_a_public_address_inside_compose(up: Compos
 
 
 def nginx_access_log(s: ComposeStack) -> list[dict[str, Any]]:
-    out = s.compose("logs", "--no-color", "--no-log-prefix", NGINX, timeout=60).stdout
-    return [json.loads(line) for line in out.splitlines() if line.startswith('{"time"')]
+    return access_log_entries(s.compose("logs", "--no-color", "--no-log-prefix", NGINX, timeout=60).stdout)
 
 
 KEY_B = "sk-compose-team-b-0123456789abcdef0123"

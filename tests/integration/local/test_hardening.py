@@ -169,7 +169,6 @@ def test_client_disconnect_aborts_generation(stack: LocalStack) -> None:
     good_request_works(stack)
 
 
-
 # ------------------------------------------------------------------- reload ---
 KEY_NEW = "sk-local-team-new-0123456789abcdef0123"
 
@@ -200,6 +199,7 @@ def test_reload_adds_and_revokes_a_key_at_once(stack: LocalStack) -> None:
         assert models_status(stack, API_KEY) == 200
     finally:
         stack.extra_env.pop("API_KEY_team_new", None)
+
 
 # --------------------------------------------------------------------- load ---
 def test_load_64_streams_for_60_seconds(stack: LocalStack) -> None:

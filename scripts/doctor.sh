@@ -8,9 +8,12 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 main() {
   local python
-  # python-dotenv: what deploy.py reads .env with.
-  python=$(python_with dotenv) ||
-    die "doctor needs python3 with python-dotenv: apt install python3-dotenv (or pip install python-dotenv)"
+  # python-dotenv: what deploy.py reads .env with; pydantic 2 (pydantic_core):
+  # what settings.py validates with.
+  python=$(python_with dotenv pydantic_core) ||
+    die "doctor needs python3 with python-dotenv and pydantic 2: apt install python3-dotenv python3-pydantic" \
+      "where the distribution's pydantic is 2.x; else in a venv: python3 -m venv ~/.venvs/doctor &&" \
+      ". ~/.venvs/doctor/bin/activate && pip install python-dotenv 'pydantic>=2'"
   exec "$python" "$REPO_ROOT/src/doctor.py" "$@"
 }
 

@@ -103,12 +103,10 @@ stop_session() {
 }
 
 # SERVE_STOP_GRACE_PERIOD (Compose duration, e.g. 60s, 2m) in seconds, with
-# settings.py's parser (the one duration syntax; it needs only the standard
-# library).
+# settings.py's parser (the one duration syntax), in the venv that runs the stack.
 grace_seconds() {
-  local value="${SERVE_STOP_GRACE_PERIOD:-60s}" python=python3
-  [[ -x "$VENV/bin/python" ]] && python="$VENV/bin/python"
-  "$python" "$REPO_ROOT/src/settings.py" duration "$value" ||
+  local value="${SERVE_STOP_GRACE_PERIOD:-60s}"
+  "$VENV/bin/python" "$REPO_ROOT/src/settings.py" duration "$value" ||
     die "SERVE_STOP_GRACE_PERIOD=$value is not a duration like 60s or 2m"
 }
 

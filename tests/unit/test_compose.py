@@ -93,10 +93,10 @@ def test_shell_wins_over_env_file(project: ComposeProject) -> None:
 
 
 def serving_settings() -> list[str]:
-    """Every non-secret setting src/settings.py reads."""
-    from settings import VARIABLES
+    """Every non-secret setting src/deploy.py reads (settings.Settings)."""
+    from settings import SERVER_VARIABLES
 
-    return [v.name for v in VARIABLES if not v.secret]
+    return [v.name for v in SERVER_VARIABLES if not v.secret]
 
 
 @pytest.mark.parametrize("profile", ["single", "cpu", "head", "worker"])

@@ -444,3 +444,36 @@ def test_ray_ports_on_a_public_address_are_warned_about(doc: Doctor) -> None:
     assert doc.checks()["ray-ports"].status == doctor.PASS
     warned = doc.checks(RAY_PUBLISH_ADDRESS="198.18.0.1")["ray-ports"]
     assert warned.status == doctor.WARN and "no API key" in warned.message
+
+
+def doctor_with_python(tmp_path: Path, bindir: Path) -> tuple[int, str]:
+    """scripts/doctor.sh with bindir's python3 first on PATH and no test venv."""
+    env = clean_env(PATH=f"{bindir}:/usr/bin:/bin", RUNTIME_DIR=str(tmp_path / "no-runtime"))
+    done = run(["bash", str(REPO_ROOT / "scripts" / "doctor.sh")], env=env, timeout=120)
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_doctor_runs_on_python3_with_only_dotenv_and_pydantic(tmp_path: Path) -> None:
+    """A GPU host has no test venv: python3 plus the packages the doctor's
+    message names is enough (a venv made from uv's cache, nothing else)."""
+    venv = tmp_path / "venv"
+    made = run(["uv", "venv", "-q", "--python", "/usr/bin/python3", str(venv)], env=clean_env(UV_PYTHON_DOWNLOADS="never"))
+    assert made.returncode == 0, made.stderr
+    installed = run(["uv", "pip", "install", "-q", "--offline", "python-dotenv", "pydantic>=2"],
+                    env=clean_env(VIRTUAL_ENV=str(venv)))
+    assert installed.returncode == 0, installed.stderr
+    code, out = doctor_with_python(tmp_path, venv / "bin")
+    assert code == 1, out  # no GPU here; the checks themselves ran
+    assert "PASS  config" in out and "FAIL  gpu" in out, out
+
+
+def test_doctor_names_what_python3_lacks(tmp_path: Path) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "python3").symlink_to("/usr/bin/python3")  # the system's, without pydantic 2
+    probe = run([str(bindir / "python3"), "-c", "import dotenv, pydantic_core"])
+    if probe.returncode == 0:
+        pytest.skip("this machine's python3 has python-dotenv and pydantic 2")
+    code, out = doctor_with_python(tmp_path, bindir)
+    assert code == 1
+    assert "doctor needs python3 with python-dotenv and pydantic 2" in out and "pip install python-dotenv 'pydantic>=2'" in out

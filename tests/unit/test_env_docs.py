@@ -1,14 +1,20 @@
-"""Every variable the product reads is documented, and every documented one is read."""
+"""The declaration of every variable (src/settings.py) against what reads and
+documents them: .env, .secrets.example, the compose file, Nginx, the scripts,
+and the generated docs/configuration.md."""
 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
+import settings
 from support import REPO_ROOT
-from settings import HF_TOKEN_NAMES, VARIABLES
+from settings import HF_TOKEN_NAMES, SERVER_VARIABLES, VARIABLES
 
 ASSIGNMENT = re.compile(r"^([A-Z][A-Z0-9_]*)=(.*)$")
 BRACED = re.compile(r"\$\{([A-Z][A-Z0-9_]*)")
@@ -67,7 +73,7 @@ def read_by_nginx() -> set[str]:
 
 
 def read_by_deploy() -> set[str]:
-    return {v.name for v in VARIABLES} | set(HF_TOKEN_NAMES)
+    return {v.name for v in SERVER_VARIABLES} | set(HF_TOKEN_NAMES)
 
 
 def read_by_scripts() -> set[str]:
@@ -126,3 +132,61 @@ def test_secrets_and_runtime_files_are_ignored() -> None:
     assert dockerignore[start:start + 8] == ["*", "!requirements.txt", "!requirements-cpu.txt", "!src/",
                                              "!docker/container-entrypoint.sh", "!docker/ray-node.sh",
                                              "!scripts/lib.sh", "!docker/with-build-ca.sh"]
+
+
+def test_env_and_secrets_example_are_the_declaration() -> None:
+    """Each variable is declared once in settings.py; .env writes every
+    declared setting with its declared default, .secrets.example every secret."""
+    env = documented(REPO_ROOT / ".env")
+    declared = {v.name: v for v in VARIABLES}
+    assert set(env) == {n for n, v in declared.items() if not v.secret}
+    assert {n: env[n] for n in env} == {n: v.default for n, v in declared.items() if not v.secret}
+    assert set(documented(REPO_ROOT / ".secrets.example")) == {n for n, v in declared.items() if v.secret}
+
+
+def test_env_values_pass_their_declared_rules() -> None:
+    env = documented(REPO_ROOT / ".env")
+    for layer in settings.LAYERS:
+        layer.model_validate(env)  # raises, naming the variable, on a bad default
+
+
+def named_in_code(path: Path) -> set[str]:
+    """Names on the script's code lines (the envsh reads some by name:
+    `ray_llm_count NGINX_CONN_LIMIT ...`)."""
+    code = "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("#"))
+    return set(re.findall(r"\b([A-Z][A-Z0-9_]+)\b", code))
+
+
+# Where each layer's variables are read, as text to search for ${NAME} / $NAME.
+LAYER_READERS = {
+    "Settings": lambda: read_by_deploy() & read_by_compose(),
+    "GatewaySettings": lambda: read_by_nginx() | named_in_code(ENVSH) | read_by_secret_files(),
+    "ComposeSettings": lambda: read_by_compose() | read_by_secret_files(),
+    "NodeSettings": lambda: read_by_compose() | read_by_scripts(),
+}
+
+
+@pytest.mark.parametrize("layer", settings.LAYERS, ids=lambda layer: layer.__name__)
+def test_each_layer_is_read_where_it_says(layer: type[settings.Layer]) -> None:
+    """A variable declared for a layer is read there: the server's reach the
+    serving containers through the compose file (tests/unit/test_compose.py
+    checks every service), the gateway's the Nginx templates or entrypoint."""
+    read = LAYER_READERS[layer.__name__]()
+    unread = [v.name for v in VARIABLES if v.layer is layer and v.name not in read and not v.secret]
+    if layer is settings.ComposeSettings:
+        unread = [n for n in unread if n not in COMPOSE_NATIVE]
+    assert not unread, f"{layer.READER} is said to read {unread}, but does not"
+
+
+def test_configuration_reference_is_generated_from_the_declaration() -> None:
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "make-config-reference.py"), "--check"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_rules_refuse_and_name_the_variable() -> None:
+    """The declared rules of the non-server layers are real validators too."""
+    with pytest.raises(Exception, match="NGINX_STATUS_PORT"):
+        settings.GatewaySettings.model_validate({"NGINX_STATUS_PORT": "80x"})
+    with pytest.raises(Exception, match="NGINX_CLIENT_MAX_BODY_SIZE"):
+        settings.GatewaySettings.model_validate({"NGINX_CLIENT_MAX_BODY_SIZE": "ten megs"})

@@ -457,10 +457,12 @@ def test_doctor_runs_on_python3_with_only_dotenv_and_pydantic(tmp_path: Path) ->
     """A GPU host has no test venv: python3 plus the packages the doctor's
     message names is enough (a venv made from uv's cache, nothing else)."""
     venv = tmp_path / "venv"
-    made = run(["uv", "venv", "-q", "--python", "/usr/bin/python3", str(venv)], env=clean_env(UV_PYTHON_DOWNLOADS="never"))
+    cache = {k: os.environ[k] for k in ("XDG_CACHE_HOME", "UV_CACHE_DIR") if k in os.environ}
+    made = run(["uv", "venv", "-q", "--python", "/usr/bin/python3", str(venv)],
+               env=clean_env(UV_PYTHON_DOWNLOADS="never", **cache))
     assert made.returncode == 0, made.stderr
     installed = run(["uv", "pip", "install", "-q", "--offline", "python-dotenv", "pydantic>=2"],
-                    env=clean_env(VIRTUAL_ENV=str(venv)))
+                    env=clean_env(VIRTUAL_ENV=str(venv), **cache))
     assert installed.returncode == 0, installed.stderr
     code, out = doctor_with_python(tmp_path, venv / "bin")
     assert code == 1, out  # no GPU here; the checks themselves ran

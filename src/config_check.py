@@ -4,8 +4,10 @@ settings.py checks each variable without importing Ray; llm_config.py turns
 Settings into plain data. This module is the step after: it builds the real
 ``ray.serve.llm.LLMConfig`` and ``LLMServingArgs`` objects from that data
 (deploy.py serves exactly these objects, and --dry-run builds them too), and
-checks ENGINE_KWARGS' keys against vLLM's engine arguments, naming the closest
-valid one for a typo.
+checks ENGINE_KWARGS' keys against vLLM's engine and frontend arguments (Ray
+splits them between the engine and its OpenAI layer the same way), naming the
+closest valid one for a typo, and the tool-call and reasoning parsers against
+the ones vLLM registers.
 
 Cost, measured on 2 cores: about 5 s, nearly all of it importing
 ray.serve.llm (which imports vLLM and torch); reading vLLM's engine arguments
@@ -31,23 +33,49 @@ class EngineCheckError(Exception):
         self.problems = problems
 
 
-def engine_kwargs_problems(kwargs: Mapping[str, Any], valid: Collection[str]) -> list[str]:
-    """ENGINE_KWARGS keys that are not vLLM engine arguments, with the closest valid name."""
+def closest(name: str, valid: Collection[str], otherwise: str) -> str:
+    close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}?" if close else otherwise
+
+
+def engine_kwargs_problems(kwargs: Mapping[str, Any], valid: Collection[str],
+                           parsers: Mapping[str, Collection[str]] | None = None) -> list[str]:
+    """ENGINE_KWARGS keys that are not vLLM engine or frontend arguments, with
+    the closest valid name; parser names vLLM does not register (parsers:
+    argument -> registered names); auto tool choice without its parser."""
     problems: list[str] = []
     for key in kwargs:
-        if key in valid:
-            continue
-        close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]!r}?" if close else "see `vllm serve --help` for the engine arguments"
-        problems.append(f"ENGINE_KWARGS key {key!r} is not a vLLM engine argument: {hint}")
+        if key not in valid:
+            hint = closest(key, valid, "see `vllm serve --help` for the arguments")
+            problems.append(f"ENGINE_KWARGS key {key!r} is not a vLLM engine or frontend argument: {hint}")
+    for key, names in (parsers or {}).items():
+        value = kwargs.get(key)
+        if value is not None and value not in names:
+            hint = closest(str(value), names, "expected one of " + ", ".join(sorted(names)))
+            problems.append(f"ENGINE_KWARGS {key}={value!r} is not a parser this vLLM knows: {hint}")
+    if kwargs.get("enable_auto_tool_choice") and not kwargs.get("tool_call_parser"):
+        problems.append("ENGINE_KWARGS enable_auto_tool_choice needs tool_call_parser too (e.g. \"hermes\"): "
+                        "vLLM refuses to start without it.")
     return problems
 
 
-def vllm_engine_arg_names() -> frozenset[str]:
-    """Every engine argument of the installed vLLM (AsyncEngineArgs' fields)."""
+def vllm_arg_names() -> frozenset[str]:
+    """Every argument ENGINE_KWARGS may hold with the installed vLLM: the
+    engine's (AsyncEngineArgs) and the OpenAI frontend's (FrontendArgs), the
+    two sets Ray Serve LLM splits engine_kwargs into."""
     from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.entrypoints.launchers.cli_args import FrontendArgs
 
-    return frozenset(f.name for f in dataclasses.fields(AsyncEngineArgs))
+    return frozenset(f.name for cls in (AsyncEngineArgs, FrontendArgs) for f in dataclasses.fields(cls))
+
+
+def vllm_parsers() -> dict[str, frozenset[str]]:
+    """The tool-call and reasoning parsers the installed vLLM registers."""
+    from vllm.reasoning import ReasoningParserManager
+    from vllm.tool_parsers import ToolParserManager
+
+    return {"tool_call_parser": frozenset(ToolParserManager.list_registered()),
+            "reasoning_parser": frozenset(ReasoningParserManager.list_registered())}
 
 
 # LLMConfig fields and the variables of ours that set them (llm_config.py).
@@ -86,9 +114,10 @@ def serving_args(args: Mapping[str, Any], user_engine_kwargs: Mapping[str, Mappi
     Ray's own validation.
     """
     if any(user_engine_kwargs.values()):
-        valid = vllm_engine_arg_names()
+        valid = vllm_arg_names()
+        parsers = vllm_parsers() if any(k.endswith("_parser") for kw in user_engine_kwargs.values() for k in kw) else {}
         problems = [prefix + problem for prefix, kwargs in user_engine_kwargs.items()
-                    for problem in engine_kwargs_problems(kwargs, valid)]
+                    for problem in engine_kwargs_problems(kwargs, valid, parsers)]
         if problems:
             raise EngineCheckError(problems)
     from pydantic import ValidationError

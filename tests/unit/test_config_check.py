@@ -43,7 +43,7 @@ def test_engine_kwargs_typo_is_a_configuration_error() -> None:
     out = dry_run(ENGINE_KWARGS='{"max_num_batched_token": 4096, "enable_prefix_caching": false}')
     assert out.returncode == 2, out.stderr
     assert "configuration error, nothing was started" in out.stderr
-    assert "ENGINE_KWARGS key 'max_num_batched_token' is not a vLLM engine argument" in out.stderr
+    assert "ENGINE_KWARGS key 'max_num_batched_token' is not a vLLM engine or frontend argument" in out.stderr
     assert "did you mean 'max_num_batched_tokens'?" in out.stderr
     assert "enable_prefix_caching" not in out.stderr  # a real engine argument passes
     assert out.stdout == ""
@@ -56,6 +56,34 @@ def test_valid_engine_kwargs_reach_the_checked_config() -> None:
     kwargs = data["serving_args"]["llm_configs"][0]["engine_kwargs"]
     assert kwargs["max_num_batched_tokens"] == 4096 and kwargs["enforce_eager"] is True
     assert "checked with Ray Serve LLM's LLMConfig and vLLM's engine arguments" in out.stderr
+
+
+def test_tool_calling_and_reasoning_arguments_pass_as_ray_splits_them() -> None:
+    """vLLM's frontend arguments (FrontendArgs) are accepted next to the engine's,
+    as a new user tries them (issue 26): Ray's own VLLMEngineConfig then puts
+    them into frontend_kwargs and engine_kwargs."""
+    kwargs = {"enable_auto_tool_choice": True, "tool_call_parser": "hermes", "reasoning_parser": "qwen3"}
+    out = dry_run(ENGINE_KWARGS=json.dumps(kwargs))
+    assert out.returncode == 0, out.stderr
+    built = json.loads(out.stdout)["serving_args"]["llm_configs"][0]["engine_kwargs"]
+    assert {k: built[k] for k in kwargs} == kwargs
+    from ray.serve.llm import LLMConfig
+
+    engine = LLMConfig(model_loading_config={"model_id": "m"}, engine_kwargs=kwargs,
+                       accelerator_config={"kind": "cpu"}).get_engine_config()
+    assert engine.frontend_kwargs == {"enable_auto_tool_choice": True, "tool_call_parser": "hermes"}
+    assert engine.engine_kwargs["reasoning_parser"] == "qwen3"
+
+
+def test_unknown_parsers_and_auto_choice_without_parser_are_refused() -> None:
+    out = dry_run(ENGINE_KWARGS='{"tool_call_parser": "hermess", "reasoning_parser": "nope"}')
+    assert out.returncode == 2, out.stderr
+    assert "ENGINE_KWARGS tool_call_parser='hermess' is not a parser this vLLM knows: did you mean 'hermes'?" in out.stderr
+    assert "ENGINE_KWARGS reasoning_parser='nope' is not a parser this vLLM knows: expected one of " in out.stderr
+    out = dry_run(ENGINE_KWARGS='{"enable_auto_tool_choice": true, "tool_call_patser": "hermes"}')
+    assert out.returncode == 2
+    assert "'tool_call_patser' is not a vLLM engine or frontend argument: did you mean 'tool_call_parser'?" in out.stderr
+    assert "enable_auto_tool_choice needs tool_call_parser too" in out.stderr
 
 
 def test_ray_rejection_names_our_variable() -> None:

@@ -154,7 +154,7 @@ def test_dry_run_serves_every_model_and_checks_each_entrys_engine_kwargs(tmp_pat
     models.write_text(TWO.replace("enable_prefix_caching", "enable_prefix_cachin"))
     bad = run_deploy("--dry-run", MODELS_FILE=str(models), MODEL_ID="", GPUS_PER_NODE="3")
     assert bad.returncode == 2, bad.stderr
-    assert ("MODELS_FILE entry 1 (chat): ENGINE_KWARGS key 'enable_prefix_cachin' is not a vLLM engine argument: "
+    assert ("MODELS_FILE entry 1 (chat): ENGINE_KWARGS key 'enable_prefix_cachin' is not a vLLM engine or frontend argument: "
             "did you mean 'enable_prefix_caching'?") in bad.stderr
     # The committed .env names a MODEL_ID: leaving it is the error, before Ray.
     both = run_deploy("--dry-run", MODELS_FILE=str(models), GPUS_PER_NODE="3")

@@ -36,28 +36,22 @@ tcp_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 # pid_alive PID: true while a process with that PID exists.
 pid_alive() { [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null; }
 
+# The one shell dotenv parser, shared with the Nginx image (POSIX sh); the
+# main image copies it beside lib.sh as here (/app/docker/nginx/dotenv.sh).
+# shellcheck source=docker/nginx/dotenv.sh
+source "$REPO_ROOT/docker/nginx/dotenv.sh"
+
 # load_env_files FILE...: export KEY=VALUE lines from dotenv-style files
 # without overriding variables already set in the environment (Compose's rule:
-# the shell wins). Values are taken literally; surrounding quotes are removed.
+# the shell wins), by dotenv.sh's rules (values literal, quotes removed).
 load_env_files() {
-  local file line key value
-  for file in "$@"; do
-    [[ -f "$file" ]] || continue
-    while IFS= read -r line || [[ -n "$line" ]]; do
-      [[ "$line" =~ ^[[:space:]]*(#|$) ]] && continue
-      [[ "$line" =~ ^[[:space:]]*(export[[:space:]]+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$ ]] || continue
-      key="${BASH_REMATCH[2]}"
-      value="${BASH_REMATCH[3]}"
-      if [[ "$value" =~ ^\"(.*)\"[[:space:]]*$ || "$value" =~ ^\'(.*)\'[[:space:]]*$ ]]; then
-        value="${BASH_REMATCH[1]}"
-      else
-        value="${value%%[[:space:]]#*}"          # strip an inline comment
-        value="${value%"${value##*[![:space:]]}"}" # strip trailing blanks
-      fi
-      [[ -v "$key" ]] || export "$key=$value"
-    done <"$file"
+  local ray_llm_env_file
+  for ray_llm_env_file in "$@"; do
+    [[ -f "$ray_llm_env_file" ]] || continue
+    ray_llm_dotenv_each "$ray_llm_env_file" _ray_llm_export_unless_set
   done
 }
+_ray_llm_export_unless_set() { [[ -v "$1" ]] || export "$1=$2"; }
 
 # ensure_uv: make `uv` available (PyPI is reachable on every machine of ours).
 ensure_uv() {

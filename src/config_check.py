@@ -69,6 +69,18 @@ def vllm_arg_names() -> frozenset[str]:
     return frozenset(f.name for cls in (AsyncEngineArgs, FrontendArgs) for f in dataclasses.fields(cls))
 
 
+def router_problems(configs: list[Mapping[str, Any]], has_dynamo: bool) -> list[str]:
+    """REQUEST_ROUTER=kv-aware needs ai-dynamo (Ray's KVTokenTracker imports
+    dynamo.llm, and degrades to random routing without it)."""
+    names = [c["model_loading_config"]["model_id"] for c in configs
+             if "KVAwareRouter" in str(c["deployment_config"].get("request_router_config", {}).get(
+                 "request_router_class", ""))]
+    if names and not has_dynamo:
+        return [f"REQUEST_ROUTER=kv-aware (model {', '.join(names)}) needs the ai-dynamo package, which this image "
+                "does not include: Ray's KV-aware router would fall back to random routing. Use prefix-cache."]
+    return []
+
+
 def vllm_parsers() -> dict[str, frozenset[str]]:
     """The tool-call and reasoning parsers the installed vLLM registers."""
     from vllm.reasoning import ReasoningParserManager
@@ -120,6 +132,11 @@ def serving_args(args: Mapping[str, Any], user_engine_kwargs: Mapping[str, Mappi
                     for problem in engine_kwargs_problems(kwargs, valid, parsers)]
         if problems:
             raise EngineCheckError(problems)
+    import importlib.util
+
+    problems = router_problems(args["llm_configs"], importlib.util.find_spec("dynamo") is not None)
+    if problems:
+        raise EngineCheckError(problems)
     from pydantic import ValidationError
     from ray.serve.llm import LLMConfig, LLMServingArgs
 

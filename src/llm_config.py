@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine_watchdog import HEALTH_CHECK_PERIOD_S, PROBE_TIMEOUT_S
-from settings import Settings
+from settings import ROUTERS, Settings
 
 # Application name and route of the OpenAI app in Ray Serve.
 APP_NAME = "llm"
@@ -81,6 +81,10 @@ def llm_config(s: Settings) -> dict[str, Any]:
         # default 50 ms adds up to that much to time-to-first-token).
         "experimental_configs": {"stream_batching_interval_ms": s.stream_batching_interval_ms},
     }
+    router = ROUTERS[s.request_router]
+    if router is not None:
+        config["deployment_config"]["request_router_config"] = {
+            "request_router_class": router, "request_router_kwargs": dict(s.request_router_kwargs)}
     if s.watchdog_timeout_s:
         # Heartbeat every health check; Serve's own timeout only backs up the
         # probe's (PROBE_TIMEOUT_S), which check_health enforces itself.

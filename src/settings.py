@@ -57,6 +57,17 @@ PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 # runs both over one table).
 API_KEY_PATTERN = re.compile(r"^[A-Za-z0-9._~+/=-]+$")
 API_KEY_ALLOWED = "letters, digits and . _ ~ + / = -"
+# REQUEST_ROUTER's names and Ray's public router classes (ray.serve.llm.request_router);
+# None = Ray Serve's default (power of two choices).
+ROUTERS: dict[str, str | None] = {
+    "pow2": None,
+    "prefix-cache": "ray.serve.llm.request_router.PrefixCacheAffinityRouter",
+    "kv-aware": "ray.serve.llm.request_router.KVAwareRouter",
+}
+# PrefixCacheAffinityRouter.initialize_state's knobs in Ray 2.60 (a unit test
+# compares them with the installed Ray's signature).
+PREFIX_ROUTER_KNOBS = ("imbalanced_threshold", "match_rate_threshold", "do_eviction", "eviction_threshold_chars",
+                       "eviction_target_chars", "eviction_interval_secs")
 HF_TOKEN_NAMES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_TOKEN")
 # Relative paths in .env are relative to the compose file's folder (docker/).
 COMPOSE_DIR = Path(__file__).resolve().parent.parent / "docker"
@@ -101,12 +112,19 @@ class Rule:
         raise PydanticCustomError("setting", "{why}", {"why": why})
 
 
+# ASCII digits only, as the shell side reads them (int() would also take "+80",
+# "8_0" and other scripts' digits); at most 9, or 5 for a port.
+INTEGER = re.compile(r"-?[0-9]{1,9}")
+
+
 def integer(minimum: int, maximum: int | None = None, *, empty: bool = False) -> Rule:
     bound = f"an integer >= {minimum}" if maximum is None else f"an integer from {minimum} to {maximum}"
 
     def parse(text: str) -> int | None:
         if empty and not text:
             return None
+        if not INTEGER.fullmatch(text) or (maximum == 65535 and len(text) > 5):
+            raise ValueError
         number = int(text)
         if number < minimum or (maximum is not None and number > maximum):
             raise ValueError
@@ -195,6 +213,8 @@ def model_name(*, required: bool) -> Rule:
 
 def watchdog_timeout() -> Rule:
     def parse(value: str) -> int:
+        if not INTEGER.fullmatch(value):
+            raise ValueError
         seconds = int(value)
         if seconds < 0:
             raise Refused("expected an integer >= 0")
@@ -287,6 +307,13 @@ class Settings(Layer):
     engine_kwargs: Annotated[dict[str, Any], json_object()] = var(
         "{}", "JSON object of any other vLLM engine arguments, merged last; an unknown key is refused, naming "
         "the closest one.", model=True)
+    request_router: Annotated[str, choice(tuple(ROUTERS))] = var(
+        "pow2", "How a request picks a model replica: pow2 (Ray's default, the shorter of two queues), "
+        "prefix-cache (a shared prompt prefix goes where it is cached) or kv-aware (alpha upstream; "
+        "needs ai-dynamo, which the image lacks).", model=True)
+    request_router_kwargs: Annotated[dict[str, Any], json_object()] = var(
+        "{}", "JSON object of the router's knobs; prefix-cache: " + ", ".join(PREFIX_ROUTER_KNOBS) + ".",
+        model=True)
     cpu_kvcache_gib: Annotated[int, integer(1)] = var(
         "1", "DEVICE=cpu only: KV-cache size in GiB.", alias="VLLM_CPU_KVCACHE_SPACE")
     stream_batching_interval_ms: Annotated[int, integer(0, 1000)] = var(
@@ -670,6 +697,16 @@ def cluster_token(s: Settings) -> list[str]:
     return []
 
 
+def router_knobs(s: Settings) -> list[str]:
+    if s.request_router == "pow2" and s.request_router_kwargs:
+        return [f"REQUEST_ROUTER_KWARGS={json.dumps(s.request_router_kwargs)!r} is invalid: the pow2 router takes no "
+                "knobs (set REQUEST_ROUTER=prefix-cache, or leave it {})."]
+    if s.request_router == "prefix-cache":
+        return [f"REQUEST_ROUTER_KWARGS key {key!r} is invalid: expected one of {', '.join(PREFIX_ROUTER_KNOBS)}."
+                for key in s.request_router_kwargs if key not in PREFIX_ROUTER_KNOBS]
+    return []
+
+
 def direct_streaming_needs_haproxy(s: Settings) -> list[str]:
     if s.direct_streaming and not s.haproxy_ingress:
         return ["RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING=1 needs RAY_SERVE_ENABLE_HA_PROXY=1: Ray Serve LLM's "
@@ -680,7 +717,7 @@ def direct_streaming_needs_haproxy(s: Settings) -> list[str]:
 # Rules across variables, each a named function of the parsed settings.
 CROSS_FIELD_RULES: tuple[Callable[[Settings], list[str]], ...] = (
     accelerator_on_cpu, replica_bounds, schedulability, distinct_ports, cluster_token,
-    direct_streaming_needs_haproxy)
+    direct_streaming_needs_haproxy, router_knobs)
 _FIELD_OF = {field.alias: name for name, field in Settings.model_fields.items()}
 
 

@@ -9,8 +9,8 @@
 #   1. Secrets: when RAY_LLM_SECRETS_FILE names a file (Compose mounts .secrets
 #      at /run/secrets/ray-llm), the settings Nginx needs are read from it:
 #      the API keys (OPENAI_API_KEY and every API_KEY_<NAME>),
-#      NGINX_DASHBOARD_USER, NGINX_DASHBOARD_PASSWORD and RAY_AUTH_TOKEN, with
-#      scripts/lib.sh's dotenv rules. A variable already set in the
+#      NGINX_DASHBOARD_USER, NGINX_DASHBOARD_PASSWORD and RAY_AUTH_TOKEN, by
+#      dotenv.sh (the one shell dotenv parser). A variable already set in the
 #      environment wins. A name set twice in the file is refused. Nothing else
 #      is taken from the file.
 #   2. entrypoint.d/05-ray-llm.envsh (next to this file) checks every setting

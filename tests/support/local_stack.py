@@ -36,8 +36,13 @@ WATCHDOG_TIMEOUT_S = 10
 FAST_RESTARTS = {"WATCHDOG_TIMEOUT": str(WATCHDOG_TIMEOUT_S), "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5"}
 
 
+# Tool calling as .env documents it. hermes: its parser loads with the tiny
+# model's tokenizer (llama3_json's and mistral's need special tokens it lacks).
+TOOL_CALLING = '{"enable_auto_tool_choice": true, "tool_call_parser": "hermes"}'
+
+
 def shared_stack_env() -> dict[str, str]:
-    return {"NGINX_CLIENT_MAX_BODY_SIZE": BODY_LIMIT, "RAY_AUTH_TOKEN": RAY_TOKEN, "HF_TOKEN": HF_TOKEN,
+    return {"ENGINE_KWARGS": TOOL_CALLING, "NGINX_CLIENT_MAX_BODY_SIZE": BODY_LIMIT, "RAY_AUTH_TOKEN": RAY_TOKEN, "HF_TOKEN": HF_TOKEN,
             "NGINX_DASHBOARD_USER": DASH_USER, "NGINX_DASHBOARD_PASSWORD": DASH_PASSWORD,
             "SERVE_STOP_GRACE_PERIOD": GRACE, **FAST_RESTARTS}
 

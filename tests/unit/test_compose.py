@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from support import REPO_ROOT
 from support.compose_project import ComposeProject
 from support.nginx import read_dotenv
 
@@ -343,3 +345,88 @@ def test_only_nginx_publishes_beyond_loopback(project: ComposeProject) -> None:
         for port in service.get("ports", []):
             if name != "nginx":
                 assert port["host_ip"] == "127.0.0.1", (name, port)
+
+
+# The head profiles' services are host-network twins of bridge services, built
+# from the same x- anchors. Twin -> (bridge service, keys beyond the network
+# ones that may differ, environment names that may differ).
+NETWORK_KEYS = {"profiles", "networks", "network_mode", "ports"}
+HEAD_TWINS: dict[str, tuple[str, set[str], set[str]]] = {
+    "ray-head": ("ray-serve", {"command", "ipc", "devices", "ulimits", "cap_add", "shm_size", "volumes"},
+                 {"RAY_API_HOST"}),  # + the per-node settings (x-node-environment), added below
+    "nginx-head": ("nginx", {"depends_on"}, {"NGINX_BIND_ADDRESS", "NGINX_PUBLISHED_ADDRESS", "NGINX_UPSTREAM_HOST"}),
+    "prometheus-head": ("prometheus", set(), set()),
+    "nginx-exporter-head": ("nginx-exporter", set(), set()),
+    "grafana-head": ("grafana", set(), {"GF_SERVER_HTTP_ADDR", "GF_SERVER_HTTP_PORT", "RAY_LLM_PROMETHEUS_URL"}),
+}
+ALL_PROFILES = ("--profile", "single", "--profile", "monitoring", "--profile", "head", "--profile", "monitoring-head")
+# host:port in a command or healthcheck (":9090", "nginx:8081", "http://127.0.0.1:3000"):
+# where a twin listens or connects is its network, not drift.
+ADDRESS = re.compile(r"(?:https?://)?[\w.-]*:\d+")
+
+
+def _normalised(service: dict[str, Any], skip_keys: set[str], skip_env: set[str]) -> dict[str, Any]:
+    out = {k: v for k, v in service.items() if k not in NETWORK_KEYS | skip_keys}
+    if "environment" in out:
+        out["environment"] = {k: v for k, v in out["environment"].items() if k not in skip_env}
+    if isinstance(out.get("command"), list):
+        out["command"] = [ADDRESS.sub("ADDRESS", str(arg)) for arg in out["command"]]
+    if "healthcheck" in out:
+        out["healthcheck"] = {**out["healthcheck"],
+                              "test": [ADDRESS.sub("ADDRESS", str(a)) for a in out["healthcheck"].get("test", [])]}
+    if "depends_on" in out:  # a twin waits for the twins of what its bridge service waits for
+        bridge_of = {twin: bridge for twin, (bridge, _, _) in HEAD_TWINS.items()}
+        out["depends_on"] = {bridge_of.get(k, k): v for k, v in out["depends_on"].items()}
+    return out
+
+
+COMPOSE_FILE = REPO_ROOT / "docker" / "docker-compose.yml"
+
+
+def head_twin_drift(cfg: dict[str, Any], compose_file: Path = COMPOSE_FILE) -> list[str]:
+    """What differs between each -head service and its bridge service beyond what
+    HEAD_TWINS allows (empty when the twins match)."""
+    import yaml
+
+    raw = yaml.safe_load(compose_file.read_text())
+    per_node = set(raw["x-node-environment"]) - set(raw["x-serve-environment"])
+    services = cfg["services"]
+    problems = [f"{name}: a -head service without a bridge twin in HEAD_TWINS"
+                for name in services if name.endswith("-head") and name not in HEAD_TWINS]
+    for twin, (bridge, keys, env) in HEAD_TWINS.items():
+        head_svc, bridge_svc = services[twin], services[bridge]
+        if head_svc.get("network_mode") != "host" or "ports" in head_svc or "networks" in head_svc:
+            problems.append(f"{twin}: not on the host network alone")
+        if "network_mode" in bridge_svc or not bridge_svc.get("networks"):
+            problems.append(f"{bridge}: not on a bridge network")
+        skip_env = env | (per_node if twin == "ray-head" else set())
+        a, b = _normalised(bridge_svc, keys, skip_env), _normalised(head_svc, keys, skip_env)
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                problems.append(f"{twin} drifted from {bridge} in {key}: {b.get(key)!r} != {a.get(key)!r}")
+    head, serve = services["ray-head"], services["ray-serve"]
+    if head["volumes"][:len(serve["volumes"])] != serve["volumes"]:
+        problems.append("ray-head: does not mount ray-serve's volumes first")
+    return problems
+
+
+def test_head_twins_match_their_bridge_services(project: ComposeProject) -> None:
+    """Requirement: the head-profile services reuse their bridge definitions.
+    Everything but the network (and the few listed differences) is the same."""
+    assert head_twin_drift(project.config(*ALL_PROFILES), project.root / "docker" / "docker-compose.yml") == []
+
+
+@pytest.mark.parametrize("edit", [
+    ("    profiles: [monitoring]\n    command:\n", "    profiles: [monitoring]\n    read_only: true\n    command:\n"),
+    ("--storage.tsdb.retention.time=${PROMETHEUS_RETENTION}\n",
+     "--storage.tsdb.retention.time=${PROMETHEUS_RETENTION}\n      - --log.level=debug\n"),
+    ("      GF_SERVER_HTTP_PORT: \"3000\"\n", "      GF_SERVER_HTTP_PORT: \"3000\"\n      GF_LOG_LEVEL: debug\n"),
+    ("    profiles: [single]\n", "    profiles: [single]\n    stop_signal: SIGINT\n"),
+], ids=["bridge-key", "twin-command", "bridge-env", "ray-serve-key"])
+def test_head_twin_drift_is_caught(project: ComposeProject, edit: tuple[str, str]) -> None:
+    """The twin check itself fails when one side of a pair changes alone."""
+    path = project.root / "docker" / "docker-compose.yml"
+    text = path.read_text()
+    assert text.count(edit[0]) == 1, edit[0]
+    path.write_text(text.replace(*edit))
+    assert head_twin_drift(project.config(*ALL_PROFILES), path) != []

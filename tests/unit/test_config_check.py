@@ -127,3 +127,47 @@ def test_direct_streaming_lever_builds_without_an_ingress_config() -> None:
     assert args["llm_configs"][0]["experimental_configs"] == {"stream_batching_interval_ms": 0}
     bad = dry_run(RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING="yes")
     assert bad.returncode == 2 and "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING='yes'" in bad.stderr
+
+
+def test_prefix_cache_router_reaches_rays_deployment_config() -> None:
+    out = dry_run(REQUEST_ROUTER="prefix-cache", REQUEST_ROUTER_KWARGS='{"imbalanced_threshold": 8}')
+    assert out.returncode == 0, out.stderr
+    config = json.loads(out.stdout)["serving_args"]["llm_configs"][0]["deployment_config"]
+    assert config["request_router_config"] == {
+        "request_router_class": "ray.serve.llm.request_router.PrefixCacheAffinityRouter",
+        "request_router_kwargs": {"imbalanced_threshold": 8}}
+    from ray.serve.config import RequestRouterConfig
+
+    RequestRouterConfig(**config["request_router_config"])  # Ray's own model accepts it
+
+
+def test_router_knobs_are_rays_own() -> None:
+    """settings.PREFIX_ROUTER_KNOBS (pure, no Ray import) against the installed
+    Ray: an upgrade that renames a knob fails here, loudly."""
+    import inspect
+
+    from ray.serve.llm.request_router import PrefixCacheAffinityRouter
+
+    from settings import PREFIX_ROUTER_KNOBS, ROUTERS
+
+    params = set(inspect.signature(PrefixCacheAffinityRouter.initialize_state).parameters) - {"self", "tree_actor"}
+    assert params == set(PREFIX_ROUTER_KNOBS)
+    import importlib
+
+    for path in filter(None, ROUTERS.values()):
+        module, _, name = path.rpartition(".")
+        assert getattr(importlib.import_module(module), name)
+
+
+def test_kv_aware_router_is_refused_without_dynamo() -> None:
+    out = dry_run(REQUEST_ROUTER="kv-aware")
+    assert out.returncode == 2
+    assert "REQUEST_ROUTER=kv-aware (model Qwen/Qwen2.5-1.5B-Instruct) needs the ai-dynamo package" in out.stderr
+
+
+def test_router_knob_typos_are_named() -> None:
+    out = dry_run(REQUEST_ROUTER="prefix-cache", REQUEST_ROUTER_KWARGS='{"imbalance_threshold": 8}')
+    assert out.returncode == 2
+    assert "REQUEST_ROUTER_KWARGS key 'imbalance_threshold' is invalid: expected one of imbalanced_threshold" in out.stderr
+    out = dry_run(REQUEST_ROUTER_KWARGS='{"imbalanced_threshold": 8}')
+    assert "the pow2 router takes no knobs" in out.stderr

@@ -129,9 +129,9 @@ def test_secrets_and_runtime_files_are_ignored() -> None:
     # The build context is an allow-list: the locks, src/, the entry points
     # and the build's CA helper.
     start = dockerignore.index("*")
-    assert dockerignore[start:start + 8] == ["*", "!requirements.txt", "!requirements-cpu.txt", "!src/",
+    assert dockerignore[start:start + 9] == ["*", "!requirements.txt", "!requirements-cpu.txt", "!src/",
                                              "!docker/container-entrypoint.sh", "!docker/ray-node.sh",
-                                             "!scripts/lib.sh", "!docker/with-build-ca.sh"]
+                                             "!scripts/lib.sh", "!docker/with-build-ca.sh", "!docker/nginx/dotenv.sh"]
 
 
 def test_env_and_secrets_example_are_the_declaration() -> None:

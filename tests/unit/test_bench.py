@@ -1,13 +1,17 @@
-"""scripts/bench.py: its own parsing and arithmetic. Its --url mode against a
-real stack is tests/integration/local/test_bench_url.py; the full side-by-side
-benchmark is `scripts/bench.sh`, with results in docs/benchmarks.md."""
+"""scripts/bench.py: its own parsing, arithmetic and the command it gives vLLM's
+client. Its --url mode against a real stack is
+tests/integration/local/test_bench_url.py; the full side-by-side benchmark is
+`scripts/bench.sh`, with results in docs/benchmarks.md."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import sys
+from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -24,50 +28,68 @@ def load_bench() -> ModuleType:
 
 
 bench = load_bench()
+DATA = Path(__file__).parent / "data"
+# The keys of the final JSON line (and of each of its rows), as before the
+# benchmark moved to vLLM's client: the docs and users' scripts read them.
+RESULT_KEYS = {"throughput_ratio_c16", "throughput_ratio_c1", "ttft_overhead_ms_c1_p50", "itl_overhead_pct_c1_p50",
+               "ready_ratio", "ray_direct_throughput_ratio_c16", "cycles", "settings", "rows", "cpu_ms_per_token"}
+ROW_KEYS = {"mode", "concurrency", "cycles", "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "output_tok_s",
+            "ready_s", "errors", "requests"}
 
 
-def event(content: str | None = None, usage: int | None = None, error: str | None = None) -> str:
-    if error is not None:
-        return "data: " + json.dumps({"error": {"message": error}})
-    chunk: dict = {"choices": [{"delta": {"content": content}}] if content is not None else []}
-    if usage is not None:
-        chunk["usage"] = {"completion_tokens": usage}
-    return "data: " + json.dumps(chunk)
+def test_phase_from_a_real_vllm_result() -> None:
+    """A file written by `vllm bench serve --save-result` (bare vLLM, c16, 16 requests of 64 tokens)."""
+    result = json.loads((DATA / "vllm-bench-serve-result.json").read_text())
+    phase = bench.phase_from_result("vllm", 16, result, ready_s=55.6, cpu_s={"VLLM::Worker": 1.0})
+    assert (phase.requests, phase.errors, phase.output_tokens) == (16, 0, 1024)
+    assert phase.ttft_p50_ms == pytest.approx(727.615, abs=1e-3) and phase.ttft_p99_ms == pytest.approx(1074.529, abs=1e-3)
+    # ITL is vLLM's TPOT (per request), not its per-chunk ITL (which has p99 297 ms here).
+    assert phase.itl_p50_ms == pytest.approx(27.597, abs=1e-3) and phase.itl_p99_ms == pytest.approx(35.570, abs=1e-3)
+    assert phase.output_tok_s == pytest.approx(410.09, abs=1e-2)
+    assert phase.ready_s == 55.6 and phase.cpu_s == {"VLLM::Worker": 1.0}
 
 
-def test_parse_stream_times_first_and_per_token() -> None:
-    events = [(10.1, ": keepalive"), (10.2, event("a")), (10.2, event("b")), (10.5, event("c")),
-              (10.6, event("d")), (10.6, event(usage=4)), (10.6, "data: [DONE]")]
-    sample = bench.parse_stream(events, started=10.0)
-    assert sample.ok and sample.tokens == 4
-    assert sample.ttft_s == pytest.approx(0.2)
-    # (last content - first content) / (tokens - 1): two tokens in one network chunk still count.
-    assert sample.itl_s == pytest.approx(0.4 / 3)
+def test_phase_from_a_failed_vllm_run() -> None:
+    """Every request failed (a wrong model name, real file): vLLM writes zeros, we write no figures."""
+    phase = bench.phase_from_result("url", 4, json.loads((DATA / "vllm-bench-serve-failed.json").read_text()))
+    assert (phase.requests, phase.errors, phase.output_tokens) == (3, 3, 0)
+    assert all(getattr(phase, name) is None for name in bench.FIGURES)
 
 
-@pytest.mark.parametrize("events,reason", [
-    ([(1.0, event("a")), (1.1, event(usage=1))], "without [DONE]"),
-    ([(1.0, event(error="boom"))], "boom"),
-    ([(1.0, "data: {not json")], "bad event"),
-    ([(1.0, "data: [DONE]")], "without [DONE] or content"),
-])
-def test_parse_stream_failures(events: list, reason: str) -> None:
-    sample = bench.parse_stream(events, started=0.0)
-    assert not sample.ok and reason in sample.error
+def test_client_command_is_vllm_bench_serve() -> None:
+    cmd = bench.client_command("/venv/bin/python", "http://127.0.0.1:8000", "m", "/models/m", Path("/w/s.jsonl"),
+                               16, 48, 128, Path("/w/s.json"))
+    assert cmd[:2] == ["/venv/bin/python", "-c"]
+    for flag, value in {"--backend": "openai-chat", "--base-url": "http://127.0.0.1:8000",
+                        "--endpoint": "/v1/chat/completions", "--max-concurrency": "16", "--num-prompts": "48",
+                        "--custom-output-len": "128", "--dataset-name": "custom", "--dataset-path": "/w/s.jsonl",
+                        "--tokenizer": "/models/m", "--result-dir": "/w", "--result-filename": "s.json"}.items():
+        assert cmd[cmd.index(flag) + 1] == value, flag
+    assert {"--ignore-eos", "--save-result", "--skip-chat-template"} <= set(cmd)
+    # The pinned vLLM's own parser takes every option (it would exit 2 on an unknown one).
+    from vllm.benchmarks.serve import add_cli_args
+    parser = argparse.ArgumentParser()
+    add_cli_args(parser)
+    args = parser.parse_args(cmd[3:])
+    assert args.ignore_eos and args.max_concurrency == 16 and args.num_prompts == 48 and args.custom_output_len == 128
+    assert args.metric_percentiles == "50,99" and "tpot" in args.percentile_metrics
 
 
-def test_percentile_is_nearest_rank() -> None:
-    values = list(range(1, 101))
-    assert bench.percentile(values, 50) == 50 and bench.percentile(values, 99) == 99
-    assert bench.percentile([7.0], 99) == 7.0 and bench.percentile([], 50) is None
-    assert bench.percentile([3, 1, 2], 50) == 2
+def test_run_client_accounts_cpu_between_its_marks(tmp_path: Path) -> None:
+    marks = "; ".join(f"print({m!r})" for m in bench.CLIENT_MARKS)
+    cpu = bench.run_client([sys.executable, "-c", f"print('start'); {marks}"], {}, tmp_path / "client.log")
+    assert isinstance(cpu, dict) and "start" in (tmp_path / "client.log").read_text()
+    with pytest.raises(RuntimeError, match="exited with 3"):
+        bench.run_client([sys.executable, "-c", f"{marks}; raise SystemExit(3)"], {}, tmp_path / "client.log")
+    with pytest.raises(RuntimeError, match="exited with 0"):  # no result banner: no measured run
+        bench.run_client([sys.executable, "-c", "print('usage')"], {}, tmp_path / "client.log")
 
 
 def phase(mode: str, concurrency: int, tok_s: float, ttft_ms: float, itl_ms: float, ready: float,
-          errors: int = 0) -> object:
-    samples = [bench.Sample(ok=True, ttft_s=ttft_ms / 1000, itl_s=itl_ms / 1000, tokens=100) for _ in range(4)]
-    samples += [bench.Sample(ok=False, error="x") for _ in range(errors)]
-    return bench.Phase(mode, concurrency, wall_s=400 / tok_s, samples=samples, ready_s=ready)
+          errors: int = 0) -> Any:
+    return bench.Phase(mode, concurrency, requests=4 + errors, errors=errors, ttft_p50_ms=ttft_ms,
+                       ttft_p99_ms=ttft_ms * 2, itl_p50_ms=itl_ms, itl_p99_ms=itl_ms * 2, output_tok_s=tok_s,
+                       output_tokens=400, ready_s=ready)
 
 
 def test_medians_over_cycles_and_ratios() -> None:
@@ -114,6 +136,7 @@ def test_lever_rows_get_their_own_ratios() -> None:
     (["/venv/bin/python", "-u", "/venv/lib/ray/dashboard/dashboard.py", "--port=1"], "dashboard.py"),
     (["/venv/bin/python3.11", "-m", "vllm.entrypoints.openai.api_server", "--model", "x"], "vllm.entrypoints.openai.api_server"),
     (["/venv/lib/ray/core/src/ray/raylet/raylet", "--x"], "raylet"),
+    (["vllm-bench-serve"], "vllm-bench-serve"),  # vLLM's client, titled by CLIENT_CODE
     ([], "kworker/0:1"),
 ])
 def test_process_kinds(argv: list[str], kind: str) -> None:
@@ -138,10 +161,11 @@ def test_cpu_accounting_from_proc(tmp_path) -> None:  # type: ignore[no-untyped-
     used = bench.cpu_delta(before, bench.cpu_snapshot(tmp_path))
     tick = bench.CLOCK_TICKS
     assert used == {"ray::ProxyActor": pytest.approx(100 / tick), "nginx": pytest.approx(10 / tick)}
-    phases = [bench.Phase("stack", 16, 1.0, [bench.Sample(ok=True, tokens=500)], cpu_s={"ray::ProxyActor": 0.5}),
-              bench.Phase("stack", 16, 1.0, [bench.Sample(ok=True, tokens=500)], cpu_s={"ray::ProxyActor": 0.5, "x": 0.1})]
+    phases = [phase("stack", 16, 100, 1, 1, 1), phase("stack", 16, 100, 1, 1, 1)]
+    phases[0].cpu_s, phases[1].cpu_s = {"ray::ProxyActor": 0.4}, {"ray::ProxyActor": 0.4, "x": 0.08}
     cpu = bench.cpu_per_token(phases, 16)
     assert cpu["ray::ProxyActor"] == {"stack": pytest.approx(1.0)} and cpu["total"] == {"stack": pytest.approx(1.1)}
+    assert bench.cpu_per_token(phases, 1) == {}  # no phase at that concurrency
     assert "| ray::ProxyActor | 1.00 |" in bench.cpu_table(cpu)
 
 
@@ -150,7 +174,10 @@ def test_cpu_accounting_from_proc(tmp_path) -> None:  # type: ignore[no-untyped-
     (["--modes", "vllm,nope"], "--modes takes"),
     (["--max-tokens", "1"], "at least 2"),
     (["--stack-env", "NOVALUE"], "NAME=VALUE"),
-    (["--concurrency", "8"], "only applies with --url"),
+    (["--concurrency", "1,16"], "as many positive counts"),  # three request counts by default
+    (["--concurrency", "1,0", "--requests", "4,4"], "as many positive counts"),
+    (["--concurrency", "1,x"], "invalid counts value"),
+    (["--url", "http://127.0.0.1:1"], "ending in /v1"),
     (["--lever", "X"], "--lever takes NAME=VALUE"),
     (["--url", "http://127.0.0.1:1/v1", "--lever", "A=1"], "does not go with --url"),
 ])
@@ -158,3 +185,38 @@ def test_bad_arguments_are_refused(argv: list[str], message: str, capsys: pytest
     with pytest.raises(SystemExit) as exit_info:
         bench.parse_args(argv)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_defaults_cycle_through_1_16_and_64() -> None:
+    args = bench.parse_args([])
+    assert args.concurrency == [1, 16, 64] and args.requests == [8, 48, 128] and args.modes == list(bench.MODES)
+    assert args.max_num_seqs >= 64  # the engine admits every request of the c64 phase at once
+    args = bench.parse_args(["--url", "http://h/v1", "--concurrency", "2", "--requests", "3"])
+    assert (args.concurrency, args.requests) == ([2], [3])
+
+
+def test_final_json_line_keeps_its_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    phases = [phase(mode, c, 100, 50, 10, 60) for mode in ("vllm", "ray", "stack") for c in (1, 16, 64)]
+    for p in phases:
+        p.cpu_s = {"VLLM::EngineCore": 1.0}
+    bench.report(phases, {"cycles": 1})
+    out = capsys.readouterr().out
+    result = json.loads(out.strip().splitlines()[-1])
+    assert set(result) == RESULT_KEYS
+    assert [(r["mode"], r["concurrency"]) for r in result["rows"]] == [(p.mode, p.concurrency) for p in phases]
+    assert all(set(row) == ROW_KEYS for row in result["rows"])
+    assert "CPU ms per output token at concurrency 64" in out and "| (c) stack via Nginx | 64 |" in out
+    lever = [phase("vllm", 1, 100, 50, 10, 60), phase("lever", 1, 90, 60, 11, 70)]
+    bench.report(lever, {"lever": ["A=1"]})
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(result) == RESULT_KEYS | {"lever"} and result["lever"]["throughput_ratio_c1"] == pytest.approx(0.9)
+
+
+def test_shared_prefix_workload_shares_only_its_preamble() -> None:
+    """--shared-prefix-words: the same preamble first, then what makes each prompt unique."""
+    a, b = bench.prompt("s1-0", 20, shared_words=50), bench.prompt("s1-1", 20, shared_words=50)
+    preamble = a.split(" s1-0 ")[0]
+    assert len(preamble.split()) == 50 and b.startswith(preamble + " s1-1 ")
+    assert bench.prompt("s1-0", 20) == a.split(preamble + " ", 1)[1]
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--shared-prefix-words", "-1"])

@@ -45,3 +45,11 @@ def test_relative_links_resolve(doc: Path) -> None:
 def test_readme_stays_short() -> None:
     """The README is the quickstart and pointers (issue 25: at most 200 lines)."""
     assert len((REPO_ROOT / "README.md").read_text().splitlines()) <= 200
+
+
+def test_plan_stays_design_decisions_and_risks() -> None:
+    """plan.md: at most 300 lines and no dated run log (issue 25); figures live in
+    docs/benchmarks.md and its test section."""
+    lines = (REPO_ROOT / "plan.md").read_text().splitlines()
+    assert len(lines) <= 300
+    assert not [line for line in lines if re.search(r"\b20\d\d-\d\d-\d\d\b", line)]

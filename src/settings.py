@@ -456,7 +456,7 @@ class ComposeSettings(Layer):
     cpu_model_id: Annotated[str, model_name(required=False)] = var(
         "Qwen/Qwen2.5-0.5B-Instruct", "Model of the cpu profile, in place of MODEL_ID.")
     models_dir: Annotated[str, ANY] = var("../models", "Host folder mounted read-only at /models.")
-    hf_hub_offline: Annotated[str, pattern(r"[01]", "0 or 1")] = var(
+    hf_hub_offline: Annotated[str | None, pattern(r"[01]", "0 or 1")] = var(
         "", "Upstream: 1 = the engine never contacts the Hub (weights from MODEL_SOURCE or the cache).")
     hf_endpoint: Annotated[str | None, URL] = var("https://huggingface.co", "Upstream: the Hub, or your mirror.")
     ray_usage_stats_enabled: Annotated[str, pattern(r"[01]", "0 or 1", empty=False)] = var(

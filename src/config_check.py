@@ -24,6 +24,8 @@ import dataclasses
 import difflib
 from typing import Any, Collection, Mapping
 
+from settings import ROUTERS
+
 
 class EngineCheckError(Exception):
     """The configuration Ray or vLLM would reject, one line per problem."""
@@ -72,9 +74,9 @@ def vllm_arg_names() -> frozenset[str]:
 def router_problems(configs: list[Mapping[str, Any]], has_dynamo: bool) -> list[str]:
     """REQUEST_ROUTER=kv-aware needs ai-dynamo (Ray's KVTokenTracker imports
     dynamo.llm, and degrades to random routing without it)."""
+    kv_aware = ROUTERS["kv-aware"]
     names = [c["model_loading_config"]["model_id"] for c in configs
-             if "KVAwareRouter" in str(c["deployment_config"].get("request_router_config", {}).get(
-                 "request_router_class", ""))]
+             if c["deployment_config"].get("request_router_config", {}).get("request_router_class") == kv_aware]
     if names and not has_dynamo:
         return [f"REQUEST_ROUTER=kv-aware (model {', '.join(names)}) needs the ai-dynamo package, which this image "
                 "does not include: Ray's KV-aware router would fall back to random routing. Use prefix-cache."]

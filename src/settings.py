@@ -112,18 +112,16 @@ class Rule:
         raise PydanticCustomError("setting", "{why}", {"why": why})
 
 
-# ASCII digits only, as the shell side reads them (int() would also take "+80",
-# "8_0" and other scripts' digits); at most 9, or 5 for a port.
-INTEGER = re.compile(r"-?[0-9]{1,9}")
-
-
-def integer(minimum: int, maximum: int | None = None, *, empty: bool = False) -> Rule:
+def integer(minimum: int, maximum: int | None = None, *, empty: bool = False, digits: int = 9) -> Rule:
+    """ASCII digits only, at most `digits` of them, as the shell side reads
+    them (int() would also take "+80", "8_0" and other scripts' digits)."""
     bound = f"an integer >= {minimum}" if maximum is None else f"an integer from {minimum} to {maximum}"
+    digits_only = re.compile(rf"-?[0-9]{{1,{digits}}}")
 
     def parse(text: str) -> int | None:
         if empty and not text:
             return None
-        if not INTEGER.fullmatch(text) or (maximum == 65535 and len(text) > 5):
+        if not digits_only.fullmatch(text):
             raise ValueError
         number = int(text)
         if number < minimum or (maximum is not None and number > maximum):
@@ -203,7 +201,7 @@ def model_name(*, required: bool) -> Rule:
     def parse(value: str) -> str:
         if not value and required:
             raise Refused("must not be empty; set a Hugging Face id such as Qwen/Qwen2.5-1.5B-Instruct, "
-                             "or list models in MODELS_FILE")
+                          "or list models in MODELS_FILE")
         if any(c.isspace() for c in value):
             raise Refused("must not contain whitespace")
         return value
@@ -212,15 +210,16 @@ def model_name(*, required: bool) -> Rule:
 
 
 def watchdog_timeout() -> Rule:
+    seconds_rule = integer(0)
+
     def parse(value: str) -> int:
-        if not INTEGER.fullmatch(value):
-            raise ValueError
-        seconds = int(value)
-        if seconds < 0:
-            raise Refused("expected an integer >= 0")
+        try:
+            seconds = seconds_rule.parse(value)
+        except ValueError:
+            raise Refused(f"expected {seconds_rule.allowed}") from None
         if 0 < seconds < MIN_WATCHDOG_TIMEOUT_S:
             raise Refused(f"expected 0 (off) or at least {MIN_WATCHDOG_TIMEOUT_S} seconds (one heartbeat can "
-                             "take a whole engine step)")
+                          "take a whole engine step)")
         return seconds
 
     return Rule(f"0 (off) or an integer >= {MIN_WATCHDOG_TIMEOUT_S}", parse)
@@ -235,7 +234,7 @@ def secret() -> Rule:
     return Rule(API_KEY_ALLOWED, parse)
 
 
-PORT = integer(1, 65535)
+PORT = integer(1, 65535, digits=5)
 OPTIONAL = text(empty_is=None)
 ANY = text(empty_is="")
 SIZE = pattern(r"\d+[kKmMgG]?", "a size such as 10m or 512k", empty=False)
@@ -588,6 +587,7 @@ def _variables(layer: type[Layer]) -> Iterator[Variable]:
 VARIABLES: tuple[Variable, ...] = tuple(v for layer in LAYERS for v in _variables(layer))
 SERVER_VARIABLES: tuple[Variable, ...] = tuple(v for v in VARIABLES if v.layer is Settings)
 DEFAULTS: dict[str, str] = {v.name: v.default for v in VARIABLES}
+SECRET_NAMES = frozenset(v.name for v in VARIABLES if v.secret)
 # What one MODELS_FILE entry may set: the variables of one model. The rest
 # (device, cluster, ports, ingress, watchdog, secrets) is the stack's own.
 MODEL_IDENTITY = ("MODEL_ID", "SERVED_MODEL_NAME", "MODEL_SOURCE")
@@ -622,12 +622,11 @@ def _validate(layer: type[Layer], environ: Mapping[str, str]) -> tuple[Any, list
         return layer.model_validate(environ), [], set()
     except ValidationError as err:
         problems, bad = [], set()
-        secrets = {v.name for v in VARIABLES if v.secret}
         for error in err.errors():
             name = str(error["loc"][0])
             bad.add(name)
             # Never echo a secret: name the variable and the rule only.
-            shown = " (value hidden)" if name in secrets else f"={str(error['input']).strip()!r}"
+            shown = " (value hidden)" if name in SECRET_NAMES else f"={str(error['input']).strip()!r}"
             problems.append(f"{name}{shown} is invalid: {error['msg']}.")
         fallback = layer.model_validate({k: v for k, v in environ.items() if k not in bad})
         return fallback, problems, bad
@@ -724,8 +723,6 @@ _FIELD_OF = {field.alias: name for name, field in Settings.model_fields.items()}
 def _parse_one(environ: Mapping[str, str]) -> Settings:
     data = {k: v for k, v in environ.items() if k not in HF_TOKEN_NAMES}
     data["HF_TOKEN"] = first_secret(environ, HF_TOKEN_NAMES) or ""
-    for name in ("OPENAI_API_KEY", "RAY_AUTH_TOKEN"):
-        data[name] = (environ.get(name) or "").strip()
     settings, problems, bad = _validate(Settings, data)
     # A rule across variables speaks only of values that are valid themselves.
     for rule in CROSS_FIELD_RULES:

@@ -358,8 +358,8 @@ def test_worker_checks_the_head(doc: Doctor) -> None:
     assert head_checks(doc, "worker")["head"].status == doctor.PASS
 
 
-def cli(*args: str, secrets: Path | None = None) -> tuple[int, str]:
-    env = clean_env(**({"RAY_LLM_SECRETS_FILE": str(secrets)} if secrets else {}))
+def cli(*args: str, secrets: Path | None = None, **environ: str) -> tuple[int, str]:
+    env = clean_env(**({"RAY_LLM_SECRETS_FILE": str(secrets)} if secrets else {}), **environ)
     done = run(["bash", str(REPO_ROOT / "scripts" / "doctor.sh"), *args], env=env, timeout=120)
     return done.returncode, done.stdout + done.stderr
 
@@ -448,9 +448,7 @@ def test_ray_ports_on_a_public_address_are_warned_about(doc: Doctor) -> None:
 
 def doctor_with_python(tmp_path: Path, bindir: Path) -> tuple[int, str]:
     """scripts/doctor.sh with bindir's python3 first on PATH and no test venv."""
-    env = clean_env(PATH=f"{bindir}:/usr/bin:/bin", RUNTIME_DIR=str(tmp_path / "no-runtime"))
-    done = run(["bash", str(REPO_ROOT / "scripts" / "doctor.sh")], env=env, timeout=120)
-    return done.returncode, done.stdout + done.stderr
+    return cli(PATH=f"{bindir}:/usr/bin:/bin", RUNTIME_DIR=str(tmp_path / "no-runtime"))
 
 
 def test_doctor_runs_on_python3_with_only_dotenv_and_pydantic(tmp_path: Path) -> None:

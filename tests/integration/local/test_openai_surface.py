@@ -19,7 +19,7 @@ import openai
 import pytest
 
 from support import assert_openai_error_body
-from support.local_stack import API_KEY, MODEL, LocalStack
+from support.local_stack import API_KEY, MODEL, LocalStack, auth
 
 pytestmark = [pytest.mark.e2e]
 
@@ -80,8 +80,7 @@ def test_json_schema_output_validates_streamed(client: openai.OpenAI) -> None:
 
 def test_malformed_schema_is_a_400_in_openai_shape(stack: LocalStack) -> None:
     bad = {"type": "json_schema", "json_schema": {"name": "bad", "schema": {"type": "no-such-type"}}}
-    response = httpx.post(f"{stack.base_url}/v1/chat/completions", timeout=120,
-                          headers={"Authorization": f"Bearer {API_KEY}"},
+    response = httpx.post(f"{stack.base_url}/v1/chat/completions", timeout=120, headers=auth(),
                           json={"model": MODEL, "messages": ASK, "max_tokens": 8, "response_format": bad})
     assert response.status_code == 400, response.text
     assert_openai_error_body(response.json())
@@ -90,7 +89,7 @@ def test_malformed_schema_is_a_400_in_openai_shape(stack: LocalStack) -> None:
 @pytest.mark.parametrize("path", ["/v1/responses", "/v1/files", "/v1/images/generations"])
 def test_endpoints_not_served_answer_404_in_openai_shape(stack: LocalStack, path: str) -> None:
     """README's table: not served by Ray Serve LLM 2.60 (the Responses API is ray#55631)."""
-    response = httpx.post(f"{stack.base_url}{path}", timeout=60, headers={"Authorization": f"Bearer {API_KEY}"},
+    response = httpx.post(f"{stack.base_url}{path}", timeout=60, headers=auth(),
                           json={"model": MODEL, "input": "hi"})
     assert response.status_code == 404, response.text
     assert_openai_error_body(response.json())

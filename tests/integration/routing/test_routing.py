@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from support import REPO_ROOT
-from support.local_stack import API_KEY, MODEL, LocalStack, running, shared_stack_env
+from support.local_stack import API_KEY, MODEL, LocalStack, auth, running, shared_stack_env
 
 pytestmark = [pytest.mark.e2e]
 
@@ -47,8 +47,7 @@ def send_shared_prefix_requests(stack: LocalStack) -> dict[str, float]:
     for i in range(REQUESTS):
         body = {"model": MODEL, "max_tokens": 2, "messages": [
             {"role": "system", "content": SYSTEM}, {"role": "user", "content": f"Question number {i}"}]}
-        r = httpx.post(f"{stack.base_url}/v1/chat/completions", json=body, timeout=120,
-                       headers={"Authorization": f"Bearer {API_KEY}"})
+        r = httpx.post(f"{stack.base_url}/v1/chat/completions", json=body, timeout=120, headers=auth())
         assert r.status_code == 200, r.text
     deadline = time.monotonic() + 90  # Ray exports metrics every few seconds
     while True:

@@ -22,7 +22,7 @@ private="$private_dir/secrets"
 app_user="${APP_USER:-ray}"
 # The names of deploy.py's SERVER_SECRETS (tests/unit/test_secrets_files.py
 # keeps the two lists equal).
-SERVER_SECRETS='HF_TOKEN|HUGGING_FACE_HUB_TOKEN|HUGGINGFACE_TOKEN|RAY_AUTH_TOKEN'
+SERVER_SECRETS='HF_TOKEN|HUGGING_FACE_HUB_TOKEN|HUGGINGFACE_TOKEN|RAY_AUTH_TOKEN|AWS_ACCESS_KEY_ID|AWS_SECRET_ACCESS_KEY'
 
 if [ "$(id -u)" = 0 ]; then
     if [ -f "$mounted" ]; then

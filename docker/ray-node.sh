@@ -114,11 +114,12 @@ write_non_carry_over() {
   return 0
 }
 
-# An empty NCCL_*/GLOO_* from .env would override NCCL's own default (e.g. an
-# empty NCCL_SOCKET_IFNAME matches every interface): unset those instead.
+# An empty NCCL_*/GLOO_*/AWS_* from .env would override the library's own
+# default (an empty NCCL_SOCKET_IFNAME matches every interface; boto3 would take
+# an empty AWS_ENDPOINT_URL_S3 as the store): unset those instead.
 drop_empty_upstream_vars() {
   local name
-  for name in $(compgen -v NCCL_) $(compgen -v GLOO_); do
+  for name in $(compgen -v NCCL_) $(compgen -v GLOO_) $(compgen -v AWS_); do
     [[ -z "${!name}" ]] && unset "$name"
   done
   return 0
@@ -223,7 +224,8 @@ run_worker() {
 }
 
 # In Compose, .secrets is a mounted file (docker/container-entrypoint.sh
-# points RAY_LLM_SECRETS_FILE at it): read RAY_AUTH_TOKEN and HF_TOKEN there.
+# points RAY_LLM_SECRETS_FILE at it): read RAY_AUTH_TOKEN, HF_TOKEN and the
+# adapter store's AWS keys there.
 # Variables already set win, as everywhere else.
 load_secrets() {
   [[ -n "${RAY_LLM_SECRETS_FILE:-}" ]] || return 0

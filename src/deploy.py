@@ -32,7 +32,7 @@ import model_source
 from dotenv_files import env_files, insecure_secrets, load_env_files
 from engine_watchdog import WATCHDOG_TIMEOUT_VAR, Recovery
 from proxy_middlewares import PROXY_CALLBACK, PROXY_CALLBACK_VAR
-from settings import HF_TOKEN_NAMES, ConfigError, Settings, help_text, parse_settings, read_models_file
+from settings import ADAPTER_STORE_SECRETS, HF_TOKEN_NAMES, ConfigError, Settings, help_text, parse_settings, read_models_file
 
 EXIT_CONFIG = 2
 # The app stayed unhealthy past WATCHDOG_RECOVERY_TIMEOUT: restart everything.
@@ -40,8 +40,9 @@ EXIT_UNRECOVERED = 3
 # How often the running app's status is polled (for the second bound).
 STATUS_POLL_S = 5.0
 # What the model server takes from .secrets: the Hugging Face token (moved to
-# a file, stash_hf_token) and Ray's cluster token. Nothing else.
-SERVER_SECRETS = frozenset({*HF_TOKEN_NAMES, "RAY_AUTH_TOKEN"})
+# a file, stash_hf_token), Ray's cluster token and the LoRA adapter store's
+# keys (boto3 reads them from the environment). Nothing else.
+SERVER_SECRETS = frozenset({*HF_TOKEN_NAMES, "RAY_AUTH_TOKEN", *ADAPTER_STORE_SECRETS})
 # .secrets values the model server never needs (the names API_KEY_* too).
 FOREIGN_SECRETS = frozenset({"OPENAI_API_KEY", "NGINX_DASHBOARD_USER", "NGINX_DASHBOARD_PASSWORD",
                              "GRAFANA_ADMIN_PASSWORD", "CLOUDFLARE_TUNNEL_TOKEN"})
@@ -93,8 +94,9 @@ def stash_hf_token(environ: MutableMapping[str, str], settings: Settings) -> Non
 
 
 def drop_empty_upstream_vars(environ: MutableMapping[str, str]) -> None:
-    """An empty NCCL_*/GLOO_* (from .env) would override NCCL's default; unset it."""
-    for name in [n for n, v in environ.items() if n.startswith(("NCCL_", "GLOO_")) and not v.strip()]:
+    """An empty NCCL_*/GLOO_*/AWS_* (from .env) would override the library's
+    default (boto3 would take an empty AWS_ENDPOINT_URL_S3 as the store); unset it."""
+    for name in [n for n, v in environ.items() if n.startswith(("NCCL_", "GLOO_", "AWS_")) and not v.strip()]:
         del environ[name]
 
 

@@ -11,8 +11,10 @@ driver and Container Toolkit, the GPUs against the parallelism, the
 accelerator type, shared memory, disk, ports, the secrets file, and on head
 and worker nodes the RDMA devices, the fabric interfaces and the head's port.
 Each check prints pass, warn or fail with a one-line fix; the exit code is 1
-when any check fails. Nothing is changed: no file is written, no container
-started. The host is a `Host` object (root of /dev, /sys, /proc, and the
+when any check fails. Nothing is changed: no file is written, and the only
+container it may start is a throwaway one (`docker compose run --rm
+--no-deps`) that runs deploy.py --dry-run in the built image, when .env sets
+ENGINE_KWARGS or LORA_ADAPTERS_PATH (vLLM's and Ray's own checks). The host is a `Host` object (root of /dev, /sys, /proc, and the
 nvidia-smi, docker and ip programs), so tests run every check on fake trees.
 """
 
@@ -30,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, MutableMapping, Sequence
 
-from dotenv_files import env_files, insecure_secrets, load_env_files
+from dotenv_files import REPO_ROOT, env_files, insecure_secrets, load_env_files
 from model_source import offline
 from settings import COMPOSE_DIR, ConfigError, Settings, parse_settings, read_models_file
 
@@ -109,11 +111,12 @@ class Host:
     def path(self, absolute: str) -> Path:
         return self.root / absolute.lstrip("/")
 
-    def run(self, argv: Sequence[str], timeout_s: float = 20) -> tuple[int, str]:
+    def run(self, argv: Sequence[str], timeout_s: float = 20, cwd: Path | None = None,
+            env: Mapping[str, str] | None = None) -> tuple[int, str]:
         """(exit code, stdout + stderr); 127 when the program is missing."""
         try:
             done = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout_s, check=False,
-                                  stdin=subprocess.DEVNULL)
+                                  stdin=subprocess.DEVNULL, cwd=cwd, env=None if env is None else dict(env))
         except FileNotFoundError:
             return 127, f"{argv[0]}: not found"
         except subprocess.TimeoutExpired:
@@ -453,6 +456,59 @@ def disk_check(host: Host, info: dict, model_ids: Sequence[str]) -> list[Check]:
     return [Check("disk", PASS, f"{gib(free)} free under {root} for the model cache")]
 
 
+# The service that runs deploy.py in each profile, and its image's variable.
+DEPLOY_SERVICE = {"single": ("ray-serve", "LLM_IMAGE"), "cpu": ("ray-serve-cpu", "LLM_CPU_IMAGE"),
+                  "head": ("ray-head", "LLM_IMAGE")}
+# How long deploy.py --dry-run may take in a container (vLLM's import, 2 cores: ~20 s).
+DRY_RUN_TIMEOUT_S = 300
+
+
+def engine_args_check(host: Host, environ: Mapping[str, str], settings: Settings, profile: str) -> list[Check]:
+    """ENGINE_KWARGS (vLLM's engine and frontend arguments: a typo, a tool or
+    reasoning parser vLLM lacks) and the LoRA settings, as Ray Serve LLM and
+    vLLM read them: `deploy.py --dry-run` in the built image, with the
+    service's own environment. Only when one of them is set."""
+    if profile not in DEPLOY_SERVICE or not any(m.engine_kwargs or m.lora_adapters_path for m in settings.served):
+        return []
+    service, image_var = DEPLOY_SERVICE[profile]
+    image = environ.get(image_var, "")
+    if host.run([host.docker, "image", "inspect", "--format", "{{.Id}}", image])[0] != 0:
+        return [Check("engine-args", WARN, f"ENGINE_KWARGS/LORA_ADAPTERS_PATH not checked against vLLM and Ray: "
+                      f"{image_var}={image} is not built yet", "docker compose build, then run the doctor again")]
+    code, out = host.run([host.docker, "compose", "run", "--rm", "--no-deps", "-T", service, "python",
+                          "/app/src/deploy.py", "--dry-run"], timeout_s=DRY_RUN_TIMEOUT_S, cwd=REPO_ROOT,
+                          env={**os.environ, **environ})
+    if code == 0:
+        return [Check("engine-args", PASS, f"ENGINE_KWARGS and LoRA settings accepted by vLLM and Ray Serve LLM "
+                      f"in {image}")]
+    problems = [line.strip()[2:] for line in out.splitlines() if line.strip().startswith("- ")]
+    if code == 2 and problems:
+        return [Check("engine-args", FAIL, problem, "fix that variable in .env (or MODELS_FILE)")
+                for problem in problems]
+    last = out.strip().splitlines()[-1] if out.strip() else "no output"
+    return [Check("engine-args", WARN, f"deploy.py --dry-run in {image} could not run (exit {code}: {last})",
+                  f"docker compose run --rm --no-deps {service} python /app/src/deploy.py --dry-run")]
+
+
+def adapter_store_checks(settings: Settings) -> list[Check]:
+    """Each model's LoRA adapter store: an s3:// store with no keys in .secrets
+    works only where boto3 finds credentials of its own (an instance role)."""
+    checks = []
+    for prefix, model in settings.labelled:
+        path = model.lora_adapters_path
+        if not path:
+            continue
+        where = f"on {model.aws_endpoint_url_s3}" if model.aws_endpoint_url_s3 else "on AWS"
+        if path.startswith("s3://") and not model.aws_access_key_id:
+            checks.append(Check("lora", WARN, f"{prefix}LORA_ADAPTERS_PATH={path} ({where}) but AWS_ACCESS_KEY_ID "
+                                "and AWS_SECRET_ACCESS_KEY are empty: only an instance role can read it",
+                                "set both in .secrets (an on-prem store always needs them)"))
+        else:
+            checks.append(Check("lora", PASS, f"{prefix}LORA_ADAPTERS_PATH={path}" +
+                                (f" ({where}, keys in .secrets)" if path.startswith("s3://") else "")))
+    return checks
+
+
 def model_checks(host: Host, environ: Mapping[str, str], settings: Settings, info: dict) -> list[Check]:
     """Each served model's weights; free disk once, for those the model cache downloads."""
     checks = [c for prefix, model in settings.labelled if (c := weights_check(environ, prefix, model))]
@@ -588,6 +644,8 @@ def run_checks(environ: MutableMapping[str, str], host: Host, profile: str | Non
         checks += gpu_checks(host, settings)
     checks.append(shm_check(host, environ))
     checks += model_checks(host, environ, settings, info)
+    checks += adapter_store_checks(settings)
+    checks += engine_args_check(host, environ, settings, profile)
     checks += port_checks(host, environ, settings, profile)
     if profile in ("head", "worker"):
         checks += multinode_checks(host, environ, settings, profile)

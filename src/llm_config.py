@@ -42,6 +42,9 @@ def engine_kwargs(s: Settings) -> dict[str, Any]:
         kwargs["max_model_len"] = s.max_model_len
     if s.quantization:
         kwargs["quantization"] = s.quantization
+    if s.lora_adapters_path:
+        # Ray Serve LLM loads the adapters into vLLM; vLLM must expect them.
+        kwargs["enable_lora"] = True
     if s.spans_nodes:
         # vLLM's multiprocessing executor is single-node; Ray's spans nodes.
         kwargs["distributed_executor_backend"] = "ray"
@@ -81,6 +84,11 @@ def llm_config(s: Settings) -> dict[str, Any]:
         # default 50 ms adds up to that much to time-to-first-token).
         "experimental_configs": {"stream_batching_interval_ms": s.stream_batching_interval_ms},
     }
+    if s.lora_adapters_path:
+        # Clients ask for MODEL:ADAPTER; Ray lists the store's subfolders in
+        # /v1/models and loads each on first use (multiplexed over replicas).
+        config["lora_config"] = {"dynamic_lora_loading_path": s.lora_adapters_path,
+                                 "max_num_adapters_per_replica": s.lora_max_adapters_per_replica}
     router = ROUTERS[s.request_router]
     if router is not None:
         config["deployment_config"]["request_router_config"] = {
@@ -156,5 +164,6 @@ def resolved(s: Settings) -> dict[str, Any]:
         "secrets": {
             "HF_TOKEN": "<set, redacted>" if s.hf_token else "<unset>",
             "RAY_AUTH_TOKEN": "<set, redacted>" if s.ray_auth_token else "<unset: Ray generates one per cluster>",
+            "AWS_SECRET_ACCESS_KEY": "<set, redacted>" if s.aws_secret_access_key else "<unset>",
         },
     }

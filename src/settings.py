@@ -69,6 +69,8 @@ ROUTERS: dict[str, str | None] = {
 PREFIX_ROUTER_KNOBS = ("imbalanced_threshold", "match_rate_threshold", "do_eviction", "eviction_threshold_chars",
                        "eviction_target_chars", "eviction_interval_secs")
 HF_TOKEN_NAMES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_TOKEN")
+# The LoRA adapter store's keys (.secrets), as boto3 reads them.
+ADAPTER_STORE_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 # Relative paths in .env are relative to the compose file's folder (docker/).
 COMPOSE_DIR = Path(__file__).resolve().parent.parent / "docker"
 
@@ -313,6 +315,14 @@ class Settings(Layer):
     request_router_kwargs: Annotated[dict[str, Any], json_object()] = var(
         "{}", "JSON object of the router's knobs; prefix-cache: " + ", ".join(PREFIX_ROUTER_KNOBS) + ".",
         model=True)
+    lora_adapters_path: Annotated[str | None, pattern(r"(s3|gs|abfss|azure)://\S+", "a store folder such as "
+                                                      "s3://bucket/adapters (s3://, gs://, abfss:// or azure://)")] = var(
+        "", "LoRA adapters: the store folder whose subfolders are adapters, served as MODEL:SUBFOLDER. "
+        "Empty = off.", model=True)
+    lora_max_adapters_per_replica: Annotated[int, integer(1)] = var(
+        "16", "LoRA adapters one replica keeps loaded (least recently used goes first).", model=True)
+    aws_endpoint_url_s3: Annotated[str | None, URL] = var(
+        "", "Upstream (boto3): an S3-compatible store (MinIO, Ceph) for LORA_ADAPTERS_PATH. Empty = AWS.")
     cpu_kvcache_gib: Annotated[int, integer(1)] = var(
         "1", "DEVICE=cpu only: KV-cache size in GiB.", alias="VLLM_CPU_KVCACHE_SPACE")
     stream_batching_interval_ms: Annotated[int, integer(0, 1000)] = var(
@@ -374,6 +384,11 @@ class Settings(Layer):
     ray_auth_token: Annotated[str | None, secret()] = var(
         "", "Ray cluster token shared by every node and Nginx. Required for multi-node and the dashboard.",
         secret=True)
+    aws_access_key_id: Annotated[str | None, OPTIONAL] = var(
+        "", "The S3 key id of LORA_ADAPTERS_PATH's store (with AWS_SECRET_ACCESS_KEY). Empty = boto3's own "
+        "chain (an instance role).", secret=True)
+    aws_secret_access_key: Annotated[str | None, OPTIONAL] = var(
+        "", "The S3 secret key of LORA_ADAPTERS_PATH's store.", secret=True)
     # MODELS_FILE's entries, each a whole Settings (the stack's own fields are
     # the same in all); empty for the single-model variables. The outer
     # object's model fields are the first entry's. Not a variable.
@@ -713,10 +728,18 @@ def direct_streaming_needs_haproxy(s: Settings) -> list[str]:
     return []
 
 
+def adapter_store_keys(s: Settings) -> list[str]:
+    if bool(s.aws_access_key_id) != bool(s.aws_secret_access_key):
+        given, missing = (("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if s.aws_access_key_id
+                          else ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID"))
+        return [f"{given} is set but {missing} is empty: the adapter store needs both (in .secrets), or neither."]
+    return []
+
+
 # Rules across variables, each a named function of the parsed settings.
 CROSS_FIELD_RULES: tuple[Callable[[Settings], list[str]], ...] = (
     accelerator_on_cpu, replica_bounds, schedulability, distinct_ports, cluster_token,
-    direct_streaming_needs_haproxy, router_knobs)
+    direct_streaming_needs_haproxy, router_knobs, adapter_store_keys)
 _FIELD_OF = {field.alias: name for name, field in Settings.model_fields.items()}
 
 

@@ -17,7 +17,7 @@ compile_cpu() {
     --python-platform x86_64-manylinux_2_28 --generate-hashes --quiet -o "$1"
 }
 compile_dev() {
-  uv pip compile requirements-dev.in -c requirements-cpu.txt \
+  uv pip compile requirements-dev.in -c requirements-cpu.txt --find-links "$TORCH_CPU_FIND_LINKS" \
     --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
     --generate-hashes --quiet -o "$1"
 }

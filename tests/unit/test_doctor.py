@@ -9,6 +9,7 @@ import json
 import os
 import shlex
 import socket
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -477,3 +478,56 @@ def test_doctor_names_what_python3_lacks(tmp_path: Path) -> None:
     code, out = doctor_with_python(tmp_path, bindir)
     assert code == 1
     assert "doctor needs python3 with python-dotenv and pydantic 2" in out and "pip install python-dotenv 'pydantic>=2'" in out
+
+
+# --- LoRA store and the engine arguments (issue 26) --------------------------------
+
+def test_s3_adapter_store_without_keys_warns_and_with_keys_passes(doc: Doctor) -> None:
+    doc.docker["image inspect --format {{.Id}} ray-llm-serve:local"] = (1, "No such image")
+    checks = doc.checks(LORA_ADAPTERS_PATH="s3://adapters/base", AWS_ENDPOINT_URL_S3="http://minio.internal:9000",
+                        LLM_IMAGE="ray-llm-serve:local")
+    assert checks["lora"].status == doctor.WARN
+    assert "on http://minio.internal:9000" in checks["lora"].message and "AWS_ACCESS_KEY_ID" in checks["lora"].message
+    doc.secrets.write_text(f"OPENAI_API_KEY={API_KEY}\nAWS_ACCESS_KEY_ID=AKIDDOCTOR\nAWS_SECRET_ACCESS_KEY=doctor-s3\n")
+    checks = doc.checks(LORA_ADAPTERS_PATH="s3://adapters/base", LLM_IMAGE="ray-llm-serve:local")
+    assert checks["lora"].status == doctor.PASS and "keys in .secrets" in checks["lora"].message
+    assert "doctor-s3" not in json.dumps([c.__dict__ for c in checks.values()])
+
+
+def test_engine_args_wait_for_the_image(doc: Doctor) -> None:
+    doc.docker["image inspect --format {{.Id}} ray-llm-serve:local"] = (1, "No such image")
+    checks = doc.checks(ENGINE_KWARGS='{"tool_call_parser": "hermes"}', LLM_IMAGE="ray-llm-serve:local")
+    assert checks["engine-args"].status == doctor.WARN and "is not built yet" in checks["engine-args"].message
+    assert "engine-args" not in doc.checks(LLM_IMAGE="ray-llm-serve:local")  # ENGINE_KWARGS={}: nothing to ask
+
+
+def docker_running_deploy_dry_run(doc: Doctor) -> str:
+    """A docker whose `compose run ... deploy.py --dry-run` runs the real
+    deploy.py --dry-run here (vLLM's CPU build and Ray in the test venv), in
+    the environment the doctor hands to Compose; other arguments as before."""
+    fallback = fake_program(doc.tmp / "docker-rest", doc.docker)
+    path = doc.tmp / "docker-with-image"
+    path.write_text("#!/usr/bin/env bash\n"
+                    'case "$*" in\n'
+                    "  'image inspect --format {{.Id}} ray-llm-serve:cpu-local') echo sha256:0; exit 0;;\n"
+                    "  'compose run --rm --no-deps -T ray-serve-cpu python /app/src/deploy.py --dry-run')\n"
+                    f"    exec {shlex.quote(sys.executable)} {shlex.quote(str(REPO_ROOT / 'src' / 'deploy.py'))} --dry-run;;\n"
+                    "esac\n"
+                    f'exec {shlex.quote(fallback)} "$@"\n')
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_engine_args_are_checked_by_vllm_in_the_image(doc: Doctor) -> None:
+    """A tool-call parser vLLM lacks fails the doctor, in vLLM's own words; a
+    known one passes. (Inside Compose: tests/integration/compose.)"""
+    host = dataclasses.replace(doc.host(), docker=docker_running_deploy_dry_run(doc))
+    environ = {"RAY_LLM_SECRETS_FILE": str(doc.secrets), "NGINX_BIND_ADDRESS": "127.0.0.1", "MODEL_SOURCE": "",
+               "LLM_CPU_IMAGE": "ray-llm-serve:cpu-local", "CPU_MODEL_ID": "org/model",
+               "ENGINE_KWARGS": '{"enable_auto_tool_choice": true, "tool_call_parser": "hermess"}'}
+    checks = [c for c in doctor.run_checks(dict(environ), host, "cpu") if c.name == "engine-args"]
+    assert [c.status for c in checks] == [doctor.FAIL], checks
+    assert "tool_call_parser='hermess' is not a parser this vLLM knows: did you mean 'hermes'?" in checks[0].message
+    environ["ENGINE_KWARGS"] = '{"enable_auto_tool_choice": true, "tool_call_parser": "hermes"}'
+    checks = [c for c in doctor.run_checks(dict(environ), host, "cpu") if c.name == "engine-args"]
+    assert [c.status for c in checks] == [doctor.PASS], checks

@@ -115,7 +115,8 @@ def test_env_holds_no_secrets_and_example_is_empty() -> None:
     assert not {"HF_TOKEN", "OPENAI_API_KEY"} & set(env)
     example = documented(REPO_ROOT / ".secrets.example")
     assert set(example) == {"HF_TOKEN", "OPENAI_API_KEY", "RAY_AUTH_TOKEN", "NGINX_DASHBOARD_USER",
-                            "NGINX_DASHBOARD_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "CLOUDFLARE_TUNNEL_TOKEN"}
+                            "NGINX_DASHBOARD_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "CLOUDFLARE_TUNNEL_TOKEN",
+                            "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
     assert all(value == "" for value in example.values())
 
 

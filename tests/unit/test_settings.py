@@ -261,14 +261,16 @@ def run_deploy(*args: str, **environ: str) -> subprocess.CompletedProcess[str]:
 
 def test_dry_run_prints_resolved_config_with_secrets_redacted() -> None:
     out = run_deploy("--dry-run", HF_TOKEN="hf_dry_run_token_123", OPENAI_API_KEY="sk-dry-run-key-456",
-                     RAY_AUTH_TOKEN="ray-dry-run-token-789")
+                     RAY_AUTH_TOKEN="ray-dry-run-token-789", AWS_ACCESS_KEY_ID="AKIDDRYRUN",
+                     AWS_SECRET_ACCESS_KEY="aws-dry-run-secret-012")
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert data["http_options"] == {"host": "0.0.0.0", "port": 8000}
     assert data["serving_args"]["llm_configs"][0]["model_loading_config"]["model_id"] == "Qwen/Qwen2.5-1.5B-Instruct"
     # The API keys are Nginx's: the model server never reads them.
-    assert data["secrets"] == {"HF_TOKEN": "<set, redacted>", "RAY_AUTH_TOKEN": "<set, redacted>"}
-    for secret in ("hf_dry_run_token_123", "sk-dry-run-key-456", "ray-dry-run-token-789"):
+    assert data["secrets"] == {"HF_TOKEN": "<set, redacted>", "RAY_AUTH_TOKEN": "<set, redacted>",
+                               "AWS_SECRET_ACCESS_KEY": "<set, redacted>"}
+    for secret in ("hf_dry_run_token_123", "sk-dry-run-key-456", "ray-dry-run-token-789", "aws-dry-run-secret-012"):
         assert secret not in out.stdout + out.stderr
 
 
@@ -294,3 +296,31 @@ def test_help_documents_every_variable() -> None:
     assert out.returncode == 0
     for v in SERVER_VARIABLES:
         assert re.search(rf"^\s+{v.name}\s", out.stdout, re.M), v.name
+
+
+def test_lora_adapters_path_turns_on_ray_lora_config_and_vllm_lora() -> None:
+    """LORA_ADAPTERS_PATH gives Ray its lora_config (checked by Ray's own
+    LLMConfig in --dry-run) and vLLM enable_lora; ENGINE_KWARGS still wins."""
+    out = deploy_main("--dry-run", DEVICE="cpu", LORA_ADAPTERS_PATH="s3://adapters/base/",
+                      LORA_MAX_ADAPTERS_PER_REPLICA="3", ENGINE_KWARGS='{"max_lora_rank": 64}')
+    assert out.returncode == 0, out.stderr
+    config = json.loads(out.stdout)["serving_args"]["llm_configs"][0]
+    assert config["lora_config"] == {"dynamic_lora_loading_path": "s3://adapters/base/",
+                                     "max_num_adapters_per_replica": 3}
+    assert config["engine_kwargs"]["enable_lora"] is True and config["engine_kwargs"]["max_lora_rank"] == 64
+    plain = json.loads(deploy_main("--dry-run", DEVICE="cpu").stdout)["serving_args"]["llm_configs"][0]
+    assert "lora_config" not in plain and "enable_lora" not in plain["engine_kwargs"]
+
+
+@pytest.mark.parametrize(("environ", "said"), [
+    ({"LORA_ADAPTERS_PATH": "/srv/adapters"}, "LORA_ADAPTERS_PATH='/srv/adapters' is invalid: expected a store folder"),
+    ({"LORA_MAX_ADAPTERS_PER_REPLICA": "0"}, "LORA_MAX_ADAPTERS_PER_REPLICA='0' is invalid: expected an integer >= 1"),
+    ({"AWS_ACCESS_KEY_ID": "AKIDONLY"}, "AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is empty"),
+    ({"AWS_SECRET_ACCESS_KEY": "only-the-secret"}, "AWS_SECRET_ACCESS_KEY is set but AWS_ACCESS_KEY_ID is empty"),
+    ({"AWS_ENDPOINT_URL_S3": "minio:9000"}, "AWS_ENDPOINT_URL_S3='minio:9000' is invalid: expected an http(s) URL"),
+])
+def test_adapter_store_settings_are_refused_with_their_names(environ: dict[str, str], said: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_settings({"MODEL_ID": "m", **environ})
+    assert any(p.startswith(said) for p in err.value.problems), err.value.problems
+    assert "only-the-secret" not in str(err.value)

@@ -2,9 +2,11 @@
 # The whole stack without Docker: src/deploy.py (Ray Serve LLM) behind the real
 # Nginx, rendered from the same template as the Compose nginx service.
 #
-#   scripts/local-stack.sh up [serve|nginx]    start (both by default); returns
-#                                   once Nginx's /readyz (a real completion from
-#                                   every model) says ready
+#   scripts/local-stack.sh up [--no-wait] [serve|nginx]
+#                                   start (both by default); returns once
+#                                   Nginx's /readyz (a real completion from every
+#                                   model) says ready, or at once with --no-wait
+#                                   (then: status)
 #   scripts/local-stack.sh down [serve|nginx]  stop what `up` started (by PID)
 #   scripts/local-stack.sh reload   apply an edited .secrets (API keys) or Nginx
 #                                   setting to the running Nginx: checked, then
@@ -210,8 +212,13 @@ wait_ready() {
   log_info "ready: http://127.0.0.1:$NGINX_HTTP_PORT/v1 ($SERVED_DESCRIPTION)"
 }
 
-# up [serve|nginx]: both by default; one part to restart it alone.
+# up [--no-wait] [serve|nginx]: both by default; one part to restart it alone.
 cmd_up() {
+  local wait=1
+  if [[ "${1:-}" == "--no-wait" ]]; then
+    wait=0
+    shift
+  fi
   local part="${1:-all}"
   prepare
   case "$part" in
@@ -220,7 +227,11 @@ cmd_up() {
     nginx) start_nginx ;;
     *) die "unknown part '$part': expected serve or nginx" ;;
   esac
-  wait_ready
+  if ((wait)); then
+    wait_ready
+  else
+    log_info "started without waiting for /readyz (scripts/local-stack.sh status tells when it answers)"
+  fi
 }
 
 # down [serve|nginx]: both by default, in Compose's order: nginx first with
@@ -288,7 +299,7 @@ main() {
     reload) cmd_reload "$@" ;;
     logs) cmd_logs "$@" ;;
     _supervise) cmd_supervise "$@" ;;
-    *) die "usage: scripts/local-stack.sh up [serve|nginx] | down [serve|nginx] | reload | status | logs [-f]" ;;
+    *) die "usage: scripts/local-stack.sh up [--no-wait] [serve|nginx] | down [serve|nginx] | reload | status | logs [-f]" ;;
   esac
 }
 

@@ -132,12 +132,12 @@ class LocalStack:
 
 
 @contextlib.contextmanager
-def running(stack: LocalStack, request: pytest.FixtureRequest) -> Iterator[LocalStack]:
-    """Up for the with-block; always down after it (log tails when a test
-    failed meanwhile), leaving no process and no folder behind."""
+def running(stack: LocalStack, request: pytest.FixtureRequest, wait: bool = True) -> Iterator[LocalStack]:
+    """Up for the with-block (wait=False: `up --no-wait`); always down after it
+    (log tails when a test failed meanwhile), leaving no process and no folder behind."""
     failed_before = request.session.testsfailed
     try:
-        stack.up()
+        stack.up() if wait else stack.up("--no-wait")
         yield stack
     finally:
         if request.session.testsfailed > failed_before:

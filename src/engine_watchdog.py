@@ -120,8 +120,12 @@ def watched_server_class() -> type:
     # private imports, pinned by tests/unit/test_watchdog.py.
     from ray.llm._internal.common.errors import VLLM_FATAL_ERRORS
     from ray.llm._internal.serve.core.configs.openai_api_models import OpenAIHTTPException
-    from ray.serve.llm import LLMServer
     from ray.util.metrics import Counter
+
+    import first_chunk
+
+    # Ray's public LLMServer with the first chunk at once (src/first_chunk.py).
+    LLMServer = first_chunk.FirstChunkLLMServer  # noqa: N806
 
     logger = logging.getLogger("ray.serve")
 

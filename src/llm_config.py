@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine_watchdog import HEALTH_CHECK_PERIOD_S, PROBE_TIMEOUT_S
+from first_chunk import FIRST_CHUNK_FLAG, FIRST_CHUNK_SERVER_CLS
 from settings import ROUTERS, Settings
 
 # Application name and route of the OpenAI app in Ray Serve.
@@ -82,7 +83,8 @@ def llm_config(s: Settings) -> dict[str, Any]:
         "engine_kwargs": engine_kwargs(s),
         # How often the replica hands streamed tokens to the ingress (Ray's
         # default 50 ms adds up to that much to time-to-first-token).
-        "experimental_configs": {"stream_batching_interval_ms": s.stream_batching_interval_ms},
+        "experimental_configs": {"stream_batching_interval_ms": s.stream_batching_interval_ms,
+                                 FIRST_CHUNK_FLAG: s.stream_first_chunk_at_once},
     }
     if s.lora_adapters_path:
         # Clients ask for MODEL:ADAPTER; Ray lists the store's subfolders in
@@ -99,6 +101,8 @@ def llm_config(s: Settings) -> dict[str, Any]:
         config["server_cls"] = WATCHED_SERVER_CLS
         config["deployment_config"]["health_check_period_s"] = HEALTH_CHECK_PERIOD_S
         config["deployment_config"]["health_check_timeout_s"] = PROBE_TIMEOUT_S + 10
+    elif s.stream_first_chunk_at_once:
+        config["server_cls"] = FIRST_CHUNK_SERVER_CLS
     if s.device == "cpu":
         # CPU-only bundles: no GPU is requested, vLLM uses its CPU backend.
         config["accelerator_config"] = {"kind": "cpu"}

@@ -8,7 +8,8 @@ that a model really answers. With one model, Ray routes a completion without
 carries a header, ``X-Ray-LLM-Ready: all``, and this middleware answers it
 instead of Ray's ingress:
 
-* it lists the served models (GET /v1/models, through the app it wraps),
+* it lists the served models (GET /v1/models, through the app it wraps;
+  the LoRA adapters listed there as MODEL:ADAPTER are not probed),
 * sends each one a 1-token completion at once (through that app, as a
   client's request would go); a model that refuses completions with a 4xx
   (an embedding model) is asked for an embedding instead,
@@ -166,6 +167,7 @@ class ReadinessMiddleware:
                 names = []
         if not names:
             return not_ready(f"the model list is not available ({reason(status, body)})")
+        names = served_models(names)
         answers = await asyncio.gather(*(self.model_answer(scope, name) for name in names))
         missing = {name: why for name, why in zip(names, answers) if why}
         if missing:
@@ -185,6 +187,14 @@ class ReadinessMiddleware:
             if answered(e_status, e_body, "data"):
                 return None
         return reason(status, body)
+
+
+def served_models(listed: list[str]) -> list[str]:
+    """The served models of /v1/models, without the LoRA adapters Ray lists
+    beside each (MODEL:ADAPTER, read from the store): probing those would
+    fetch every adapter of the store at each check."""
+    bases = set(listed)
+    return [name for name in listed if not (":" in name and name.split(":", 1)[0] in bases)]
 
 
 def not_ready(why: str) -> tuple[int, dict[str, Any]]:

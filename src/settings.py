@@ -328,6 +328,10 @@ class Settings(Layer):
     stream_batching_interval_ms: Annotated[int, integer(0, 1000)] = var(
         str(DEFAULT_STREAM_BATCHING_INTERVAL_MS),
         "Ray Serve LLM writes streamed tokens in batches this often (ms); 0 = each token at once.", model=True)
+    stream_first_chunk_at_once: Annotated[bool, flag()] = var(
+        "1", "1 = the first chunk of every answer leaves the model replica as soon as the engine makes it; "
+        "later chunks keep STREAM_BATCHING_INTERVAL_MS. 0 = Ray's own (the first waits for the first tick).",
+        model=True)
     request_max_n: Annotated[int, integer(1, 16384)] = var(
         str(DEFAULT_MAX_N), "Largest n (and best_of) one request may ask for; above it: 400 naming the parameter.")
     request_max_tokens: Annotated[int, integer(1, 10_000_000)] = var(

@@ -85,6 +85,16 @@ def test_an_embedding_model_is_ready_when_it_embeds() -> None:
     assert ("/v1/embeddings", "chat") not in proxy.calls and ("/v1/embeddings", "embed") in proxy.calls
 
 
+def test_lora_adapters_listed_beside_their_model_are_not_probed() -> None:
+    """Ray lists each adapter of LORA_ADAPTERS_PATH's store as MODEL:ADAPTER;
+    a probe of each would fetch the whole store at every check (seen on the
+    CPU stack: the first /readyz downloaded the adapter)."""
+    proxy = StandInProxy({"chat": "chat", "chat:sql": "down", "chat:support": "down", "other:x": "chat"})
+    [(status, body)] = probe(ReadinessMiddleware(proxy))
+    assert (status, body) == (200, {"status": "ready", "models": {"chat": "ready", "other:x": "ready"}})
+    assert [model for path, model in proxy.calls if path != "/v1/models"] == ["chat", "other:x"]
+
+
 def test_a_model_that_is_down_is_named_and_the_others_are_not() -> None:
     [(status, body)] = probe(ReadinessMiddleware(StandInProxy({"chat": "chat", "big": "down"})))
     assert status == 503 and body["error"]["code"] == "model_not_ready"

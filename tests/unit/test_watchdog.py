@@ -67,7 +67,9 @@ def test_watchdog_settings_and_config() -> None:
     assert config["server_cls"] == "engine_watchdog:WatchedLLMServer"
     assert config["deployment_config"]["health_check_period_s"] == 5
     off = llm_config.llm_config(parse_settings({"DEVICE": "cpu", "WATCHDOG_TIMEOUT": "0"}))
-    assert "server_cls" not in off and "health_check_period_s" not in off["deployment_config"]
+    # Without the watchdog: the first-chunk server (tests/unit/test_first_chunk.py), no health period.
+    assert off["server_cls"] == "first_chunk:FirstChunkLLMServer"
+    assert "health_check_period_s" not in off["deployment_config"]
 
 
 @pytest.mark.parametrize(("value", "fragment"), [("5", "at least 10"), ("-1", "integer >= 0"), ("x", "integer")])

@@ -8,10 +8,13 @@ our keys), an unknown adapter is a 404 in OpenAI's shape, and a request for
 the adapter makes Ray fetch its files from the store.
 
 What this cannot show here: a completion through the adapter. With LoRA,
-vLLM's CPU build runs in eager mode, whose worker dies on its first request
-on this machine (plan.md, risks). So the stack is started without waiting for
-/readyz (which asks for a completion), and nothing here asks the base model
-or the adapter for an answer that is then checked.
+vLLM's CPU build runs in eager mode; inside Ray's replica its worker died on
+the first request of every engine start whose first request was the base
+model's 1-token readiness probe (three starts in a row), while it answered 200
+in the two starts whose first request was the adapter's chat below, and vLLM
+alone answered every case with the same model and adapter (plan.md, risks). So the stack is
+started without waiting for /readyz (which asks for a completion), and no
+answer of the engine is checked: the adapter's is printed.
 Own folder: its engine may not share the machine with another stack.
 """
 

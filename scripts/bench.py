@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -196,8 +197,13 @@ def run_phase(mode: str, base_url: str, api_key: str, model: str, tokenizer: str
     if Path(tokenizer).is_dir():
         env["HF_HUB_OFFLINE"] = "1"
     server = base_url.rstrip("/").removesuffix("/v1")
+    profilers = start_profilers(work / salt, args.py_spy, args.python) if args.py_spy and mode != "vllm" else []
     cpu = run_client(client_command(args.python, server, model, tokenizer, dataset, concurrency, requests,
                                     args.max_tokens, result), env, log_path)
+    for profiler in profilers:
+        profiler.wait(timeout=args.py_spy + 60)
+    if profilers:
+        log(f"py-spy profiles: {work / salt}-*.txt (tools/py-spy-summary.py FILES)")
     phase = phase_from_result(mode, concurrency, json.loads(result.read_text()), ready_s, cpu)
     log(f"{MODE_TITLES[mode]} c{concurrency}: {phase.output_tok_s or 0:.0f} tok/s, TTFT p50 "
         f"{fmt(phase.ttft_p50_ms)} ms, ITL p50 {fmt(phase.itl_p50_ms)} ms, {phase.errors} errors")
@@ -205,6 +211,21 @@ def run_phase(mode: str, base_url: str, api_key: str, model: str, tokenizer: str
         errors = [line.strip() for line in log_path.read_text().splitlines() if line.startswith("Error ")]
         log(f"  {errors[0] if errors else 'see ' + str(log_path)}")
     return phase
+
+
+def start_profilers(prefix: Path, seconds: int, python: str) -> list[subprocess.Popen[bytes]]:
+    """py-spy (raw format) on every Ray worker and vLLM engine process for the
+    first SECONDS of a phase; its sampling costs CPU, so such a run's figures
+    are for the profile only."""
+    spy = shutil.which("py-spy") or str(Path(python).with_name("py-spy"))
+    profilers = []
+    for pid, (kind, _) in cpu_snapshot().items():
+        if kind.startswith(("ray::", "VLLM::")):
+            out = prefix.with_name(f"{prefix.name}-{re.sub(r'[^A-Za-z0-9_.-]', '_', kind)}-{pid}.txt")
+            profilers.append(subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", str(seconds),
+                                               "--rate", "100", "--format", "raw", "--nonblocking", "-o", str(out)],
+                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    return profilers
 
 
 # --- Where the CPU goes ------------------------------------------------------------
@@ -563,6 +584,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--lever", action="append", default=[], metavar="NAME=VALUE",
                    help="also run (d): the stack with this setting, in the same cycles, to measure a lever "
                         "side by side with the defaults; repeatable (one lever of several settings)")
+    p.add_argument("--py-spy", type=int, default=0, metavar="SECONDS",
+                   help="record py-spy profiles of every Ray and vLLM process for the first SECONDS of each "
+                        "stack phase (figures of such a run are for the profile only)")
     p.add_argument("--python", default=sys.executable, help="the venv's python (vLLM, Ray)")
     args = p.parse_args(argv)
     for name in ("cycles", "prompt_words", "max_tokens"):

@@ -26,6 +26,8 @@ API_KEY = "sk-docker-Test_key.7f3a-0123456789abc"
 HF_TOKEN = "hf_DockerPlanted_51c9e0aa"
 RAY_TOKEN = "docker-ray-token-2b7d41"
 DASH_USER, DASH_PASSWORD = "admin", "docker-dash-pw-88e1"
+# The LoRA adapter store's keys (only the model server reads them).
+S3_KEY_ID, S3_SECRET = "AKIDCOMPOSEPLANTED01", "docker-s3-secret-3e8a90"
 # Secrets of the profiles not started here: no container of the stack may see them.
 TUNNEL_TOKEN, GRAFANA_PASSWORD = "eyJ0dW5uZWwiOiJwbGFudGVkIn0", "docker-grafana-pw-41c7"
 GRACE = "30s"
@@ -76,7 +78,7 @@ class ComposeStack:
             handle.write(f"OPENAI_API_KEY={API_KEY}\nHF_TOKEN={HF_TOKEN}\nRAY_AUTH_TOKEN={RAY_TOKEN}\n"
                          f"NGINX_DASHBOARD_USER={DASH_USER}\nNGINX_DASHBOARD_PASSWORD='{DASH_PASSWORD}'\n"
                          f"CLOUDFLARE_TUNNEL_TOKEN={TUNNEL_TOKEN}\nGRAFANA_ADMIN_PASSWORD={GRAFANA_PASSWORD}\n"
-                         + extra)
+                         f"AWS_ACCESS_KEY_ID={S3_KEY_ID}\nAWS_SECRET_ACCESS_KEY={S3_SECRET}\n" + extra)
 
     @property
     def https_url(self) -> str:

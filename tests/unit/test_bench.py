@@ -220,3 +220,23 @@ def test_shared_prefix_workload_shares_only_its_preamble() -> None:
     assert bench.prompt("s1-0", 20) == a.split(preamble + " ", 1)[1]
     with pytest.raises(SystemExit):
         bench.parse_args(["--shared-prefix-words", "-1"])
+
+
+def test_py_spy_summary_shares_self_time_by_library_and_function(tmp_path: Path) -> None:
+    """tools/py-spy-summary.py (docs/benchmarks.md's per-process profiles) on
+    py-spy's raw format: the innermost frame's library and function."""
+    spec = importlib.util.spec_from_file_location("py_spy_summary", REPO_ROOT / "tools" / "py-spy-summary.py")
+    assert spec is not None and spec.loader is not None
+    summary = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summary)
+    site = "/opt/venv/lib/python3.11/site-packages"
+    lines = [f"main (/app/src/deploy.py:9);send ({site}/grpc/aio/_call.py:50) 30",
+             f"main (/app/src/deploy.py:9);_run ({site}/ray/serve/_private/replica.py:7) 10",
+             "select (/usr/lib/python3.11/selectors.py:468) 5",
+             "run (/app/src/first_chunk.py:60) 5",
+             "send (uvicorn/protocols/http/httptools_impl.py:1);notify (threading.py:3) 7",
+             "a line py-spy never writes"]
+    total, libraries, functions = summary.summarize(lines)
+    assert total == 57
+    assert libraries == {"grpc": 30, "ray": 10, "stdlib:selectors": 5, "src/first_chunk": 5, "threading": 7}
+    assert functions.most_common(1) == [("send (grpc)", 30)]

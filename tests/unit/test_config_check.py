@@ -124,7 +124,8 @@ def test_direct_streaming_lever_builds_without_an_ingress_config() -> None:
     assert out.returncode == 0, out.stderr
     args = json.loads(out.stdout)["serving_args"]
     assert "ingress_deployment_config" not in args
-    assert args["llm_configs"][0]["experimental_configs"] == {"stream_batching_interval_ms": 0}
+    assert args["llm_configs"][0]["experimental_configs"] == {"stream_batching_interval_ms": 0,
+                                                              "stream_first_chunk_at_once": True}
     bad = dry_run(RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING="yes")
     assert bad.returncode == 2 and "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING='yes'" in bad.stderr
 

@@ -41,6 +41,7 @@ from support.compose_stack import (
     MODEL,
     NGINX,
     RAY_TOKEN,
+    S3_SECRET,
     SERVE,
     TUNNEL_TOKEN,
     ComposeStack,
@@ -53,7 +54,7 @@ pytestmark = pytest.mark.docker
 
 TIMINGS = REPO_ROOT / ".runtime" / "docker-timings.json"
 PLANTED = {"OPENAI_API_KEY": API_KEY, "HF_TOKEN": HF_TOKEN, "RAY_AUTH_TOKEN": RAY_TOKEN,
-           "NGINX_DASHBOARD_PASSWORD": DASH_PASSWORD}
+           "NGINX_DASHBOARD_PASSWORD": DASH_PASSWORD, "AWS_SECRET_ACCESS_KEY": S3_SECRET}
 timings: dict[str, float] = {}
 
 
@@ -644,21 +645,26 @@ def process_environments(s: ComposeStack, service: str) -> dict[int, str]:
 def test_each_process_gets_only_the_secrets_it_needs(up: ComposeStack) -> None:
     """/proc/<pid>/environ of every process of each container: the model server
     never holds Nginx's keys or passwords, the tunnel token or Grafana's
-    password; Nginx never holds the HF token, the tunnel token or Grafana's
-    password. The server's private copy of .secrets has only its two lines."""
+    password; Nginx never holds the HF token, the adapter store's secret, the
+    tunnel token or Grafana's password. The server's private copy of .secrets
+    has only its own lines."""
     never = {SERVE: [API_KEY, DASH_PASSWORD, TUNNEL_TOKEN, GRAFANA_PASSWORD, HF_TOKEN],
-             NGINX: [HF_TOKEN, TUNNEL_TOKEN, GRAFANA_PASSWORD]}
+             NGINX: [HF_TOKEN, S3_SECRET, TUNNEL_TOKEN, GRAFANA_PASSWORD]}
     for service, values in never.items():
         environments = process_environments(up, service)
         assert len(environments) >= (10 if service == SERVE else 2), environments.keys()
         for pid, environ in environments.items():
             for value in values:
                 assert value not in environ, f"{service} {pid} holds a secret it does not need"
-    # Ray's own processes do hold Ray's token (they need it); the HF token went to a file.
-    assert any(RAY_TOKEN in environ for environ in process_environments(up, SERVE).values())
+    # Ray's own processes do hold Ray's token and the store's keys (Ray and
+    # boto3 read them there); the HF token went to a file.
+    serving = process_environments(up, SERVE).values()
+    assert any(RAY_TOKEN in environ for environ in serving)
+    assert any(f"AWS_SECRET_ACCESS_KEY={S3_SECRET}" in environ for environ in serving)
     copy = up.docker("exec", up.container(SERVE), "cat", "/run/ray-llm/secrets")
     assert copy.returncode == 0, copy.stderr
-    assert sorted(line.split("=", 1)[0] for line in copy.stdout.splitlines()) == ["HF_TOKEN", "RAY_AUTH_TOKEN"]
+    assert sorted(line.split("=", 1)[0] for line in copy.stdout.splitlines()) == [
+        "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "HF_TOKEN", "RAY_AUTH_TOKEN"]
 
 
 def test_request_bounds_inside_compose(up: ComposeStack) -> None:

@@ -426,6 +426,28 @@ def test_models_file_is_read_inside_the_container(up: ComposeStack) -> None:
     assert "MODELS_FILE entries 1 and 2 are both served as 'one'" in refused.stderr
 
 
+def test_doctor_checks_engine_arguments_in_the_built_image(up: ComposeStack) -> None:
+    """scripts/doctor.sh with ENGINE_KWARGS set runs deploy.py --dry-run in the
+    built image (`docker compose run --rm --no-deps`): a tool-call parser vLLM
+    lacks fails the check in vLLM's words, a known one passes, and the
+    throwaway container is gone afterwards."""
+    def engine_args(parser: str) -> list[dict[str, str]]:
+        env = {**up.env(), "ENGINE_KWARGS": json.dumps({"enable_auto_tool_choice": True, "tool_call_parser": parser})}
+        out = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "doctor.sh"), "--json", "--profile", "cpu"],
+                             cwd=REPO_ROOT, env=env, text=True, capture_output=True, timeout=600, check=False)
+        assert "{" in out.stdout, out.stdout + out.stderr
+        checks = json.loads(out.stdout[out.stdout.index("{"):])["checks"]
+        return [c for c in checks if c["name"] == "engine-args"]
+
+    before = set(up.compose("ps", "-aq").stdout.split())
+    refused = engine_args("hermess")
+    assert [c["status"] for c in refused] == ["fail"], refused
+    assert "tool_call_parser='hermess' is not a parser this vLLM knows: did you mean 'hermes'?" in refused[0]["message"]
+    accepted = engine_args("hermes")
+    assert [c["status"] for c in accepted] == ["pass"], accepted
+    assert set(up.compose("ps", "-aq").stdout.split()) == before
+
+
 def test_download_model_fills_the_cache_volume(up: ComposeStack) -> None:
     """scripts/download-model.sh without --dest: in the image (docker compose run),
     into the model-cache volume, from a stand-in Hub (tests/support/fake_hub.py) that

@@ -240,3 +240,12 @@ def test_py_spy_summary_shares_self_time_by_library_and_function(tmp_path: Path)
     assert total == 57
     assert libraries == {"grpc": 30, "ray": 10, "stdlib:selectors": 5, "src/first_chunk": 5, "threading": 7}
     assert functions.most_common(1) == [("send (grpc)", 30)]
+
+
+def test_the_load_client_keeps_its_own_cpu_row() -> None:
+    """A short --url run once lumped the client into "other" behind eight
+    busier processes (the suite's bench --url test failed on it)."""
+    p = phase("url", 1, 10, 100, 10, 0)
+    p.cpu_s = {f"daemon-{i}": 1.0 for i in range(9)} | {bench.CLIENT_KIND: 0.01}
+    cpu = bench.cpu_per_token([p], 1)
+    assert bench.CLIENT_KIND in cpu and cpu["other"]["url"] == 2.5

@@ -14,8 +14,9 @@ Each check prints pass, warn or fail with a one-line fix; the exit code is 1
 when any check fails. Nothing is changed: no file is written, and the only
 container it may start is a throwaway one (`docker compose run --rm
 --no-deps`) that runs deploy.py --dry-run in the built image, when .env sets
-ENGINE_KWARGS or LORA_ADAPTERS_PATH (vLLM's and Ray's own checks). The host is a `Host` object (root of /dev, /sys, /proc, and the
-nvidia-smi, docker and ip programs), so tests run every check on fake trees.
+ENGINE_KWARGS or LORA_ADAPTERS_PATH (vLLM's and Ray's own checks). The host
+is a `Host` object (root of /dev, /sys, /proc, and the nvidia-smi, docker and
+ip programs), so tests run every check on fake trees.
 """
 
 from __future__ import annotations

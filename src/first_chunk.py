@@ -71,13 +71,13 @@ def first_chunk_batcher_class() -> type:
     return FirstChunkBatcher
 
 
-def first_chunk_server_class(base: type | None = None) -> type:
-    """Ray's public LLMServer (or BASE) with FirstChunkBatcher when the model asks for it."""
-    if base is None:
-        from ray.serve.llm import LLMServer as base  # noqa: N813
+def first_chunk_server_class() -> type:
+    """Ray's public LLMServer with FirstChunkBatcher when the model asks for it."""
+    from ray.serve.llm import LLMServer
+
     batcher = _cached("FirstChunkBatcher", first_chunk_batcher_class)
 
-    class FirstChunkLLMServer(base):  # type: ignore[misc, valid-type]
+    class FirstChunkLLMServer(LLMServer):  # type: ignore[misc, valid-type]
         def _batch_output_stream(self, generator: AsyncGenerator[Any, None]) -> AsyncGenerator[Any, None]:
             if not self._llm_config.experimental_configs.get(FIRST_CHUNK_FLAG):
                 return super()._batch_output_stream(generator)

@@ -10,27 +10,6 @@ set -Eeuo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-# The serving service of the active profile (the one that mounts the cache).
-serving_service() {
-  local profile
-  profile=$(compose_profile)
-  case "$profile" in
-    single) echo ray-serve ;;
-    cpu) echo ray-serve-cpu ;;
-    head) echo ray-head ;;
-    worker) echo ray-worker ;;
-    *) die "COMPOSE_PROFILES=$profile: expected single, cpu, head or worker" ;;
-  esac
-}
-
-# The first of COMPOSE_PROFILES, the shell's or .env's (Compose's rule). Runs
-# in $(...), so what load_env_files exports stays in that subshell.
-compose_profile() {
-  load_env_files "$REPO_ROOT/.env"
-  local profiles="${COMPOSE_PROFILES:-}"
-  printf '%s\n' "${profiles%%,*}"
-}
-
 main() {
   local arg on_host=0
   for arg in "$@"; do
@@ -44,6 +23,7 @@ main() {
     exec "$python" "$REPO_ROOT/src/download_model.py" "$@"
   fi
   local service
+  # The serving service of the active profile: the one that mounts the cache.
   service=$(serving_service)
   log_info "downloading in the image of $service, into the model-cache volume"
   cd "$REPO_ROOT"

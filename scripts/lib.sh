@@ -125,3 +125,25 @@ python_with() {
   done
   return 1
 }
+
+# The Compose service that serves on this machine (the first of .env's
+# COMPOSE_PROFILES; the shell's value wins): where user commands run in the image.
+serving_service() {
+  local profile
+  profile=$(compose_profile)
+  case "$profile" in
+    single) echo ray-serve ;;
+    cpu) echo ray-serve-cpu ;;
+    head) echo ray-head ;;
+    worker) echo ray-worker ;;
+    *) die "COMPOSE_PROFILES=$profile: expected single, cpu, head or worker" ;;
+  esac
+}
+
+# The first of COMPOSE_PROFILES, the shell's or .env's (Compose's rule). Runs
+# in $(...), so what load_env_files exports stays in that subshell.
+compose_profile() {
+  load_env_files "$REPO_ROOT/.env"
+  local profiles="${COMPOSE_PROFILES:-}"
+  printf '%s\n' "${profiles%%,*}"
+}

@@ -30,8 +30,7 @@ import config_check
 import llm_config
 import model_source
 from dotenv_files import env_files, insecure_secrets, load_env_files
-from engine_watchdog import WATCHDOG_TIMEOUT_VAR, Recovery
-from proxy_middlewares import PROXY_CALLBACK, PROXY_CALLBACK_VAR
+from engine_watchdog import Recovery
 from settings import ADAPTER_STORE_SECRETS, HF_TOKEN_NAMES, ConfigError, Settings, help_text, parse_settings, read_models_file
 
 EXIT_CONFIG = 2
@@ -47,6 +46,16 @@ SERVER_SECRETS = frozenset({*HF_TOKEN_NAMES, "RAY_AUTH_TOKEN", *ADAPTER_STORE_SE
 FOREIGN_SECRETS = frozenset({"OPENAI_API_KEY", "NGINX_DASHBOARD_USER", "NGINX_DASHBOARD_PASSWORD",
                              "GRAFANA_ADMIN_PASSWORD", "CLOUDFLARE_TUNNEL_TOKEN"})
 USAGE_STATS_VAR = "RAY_USAGE_STATS_ENABLED"
+# Where a cluster's nodes find the secrets --serve-config never writes.
+SECRETS_ON_A_CLUSTER = (
+    "RAY_AUTH_TOKEN (with RAY_AUTH_MODE=token): the same on every node and on `serve deploy`'s side",
+    "HF_TOKEN_PATH: a file holding the Hugging Face token (gated models; an HF_TOKEN variable would be "
+    "copied into Ray's logged runtime_env)",
+    "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY: the LoRA adapter store's keys, when LORA_ADAPTERS_PATH is s3://",
+)
+# What --serve-config writes.
+SERVE_CONFIG_FILE = "serve-config.yaml"
+NODE_ENV_FILE = "ray-node.env"
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -60,6 +69,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--dry-run",
         action="store_true",
         help="validate (with Ray Serve LLM's LLMConfig and vLLM's engine arguments), print the resolved configuration (secrets redacted) and exit without starting anything",
+    )
+    parser.add_argument(
+        "--serve-config",
+        metavar="DIR",
+        help=f"validate as --dry-run does, then write the same app as a Ray Serve config ({SERVE_CONFIG_FILE}, "
+             f"for `serve deploy` or KubeRay's serveConfigV2) and the environment every Ray node needs "
+             f"({NODE_ENV_FILE}) into DIR; no secrets are written (docs/outgrow-compose.md)",
     )
     return parser.parse_args(argv)
 
@@ -100,16 +116,6 @@ def drop_empty_upstream_vars(environ: MutableMapping[str, str]) -> None:
         del environ[name]
 
 
-def export_serve_transport(environ: MutableMapping[str, str], settings: Settings) -> None:
-    """How requests and tokens cross Ray Serve (gRPC, HAProxy, direct streaming):
-    Ray reads these from each process's environment, so write the parsed
-    values (defaults included) before Ray starts its private cluster. On
-    several nodes every `ray start` gets the same values from .env."""
-    environ["RAY_SERVE_USE_GRPC_BY_DEFAULT"] = "1" if settings.grpc_between_deployments else "0"
-    environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1" if settings.haproxy_ingress else "0"
-    environ["RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"] = "1" if settings.direct_streaming else "0"
-
-
 def export_ray_auth(environ: MutableMapping[str, str], settings: Settings) -> None:
     """Use the shared cluster token when one is configured (multi-node, Nginx)."""
     if settings.ray_auth_token:
@@ -118,15 +124,16 @@ def export_ray_auth(environ: MutableMapping[str, str], settings: Settings) -> No
 
 
 def export_for_workers(environ: MutableMapping[str, str], settings: Settings) -> None:
-    """What Ray's workers need from this process: src/ importable (the model
-    server class with the hang watchdog), the watchdog's bound, and the HTTP
-    proxy's middleware that puts every /v1 error in OpenAI's shape."""
+    """What Ray's processes read from their environment (llm_config.node_env:
+    how requests and tokens cross Ray Serve, the watchdog's bound, the HTTP
+    proxy's middleware), written before Ray starts its private cluster; on
+    several nodes every `ray start` gets the same from .env and ray-node.sh.
+    Plus src/ importable (the model server classes, the middleware)."""
     src = str(Path(__file__).resolve().parent)
     paths = [p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     if src not in paths:
         environ["PYTHONPATH"] = os.pathsep.join([src, *paths])
-    environ[WATCHDOG_TIMEOUT_VAR] = str(settings.watchdog_timeout_s)
-    environ[PROXY_CALLBACK_VAR] = PROXY_CALLBACK
+    environ.update(llm_config.node_env(settings))
     # Ray's usage report probes cloud metadata addresses at start and reports
     # to usage-stats.ray.io; off unless set (RAY_USAGE_STATS_ENABLED in .env).
     if not (environ.get(USAGE_STATS_VAR) or "").strip():
@@ -211,6 +218,32 @@ def checked_serving_args(settings: Settings) -> Any:
     return serving
 
 
+def write_serve_config(directory: Path, settings: Settings) -> None:
+    """The checked app as a Ray Serve config, validated by Ray's own schema, and
+    the environment its Ray nodes need. Secrets are named, never written."""
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    config = llm_config.serve_config(settings)
+    ServeDeploySchema.parse_obj(config)
+    src = str(Path(__file__).resolve().parent)
+    node_env = {"PYTHONPATH": src, **llm_config.node_env(settings), USAGE_STATS_VAR: "0"}
+    secrets = "\n".join(f"#   {line}" for line in SECRETS_ON_A_CLUSTER)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / SERVE_CONFIG_FILE).write_text(
+        f"# Ray Serve config written by `deploy.py --serve-config` from .env (and MODELS_FILE).\n"
+        f"# Deploy it with `serve deploy {SERVE_CONFIG_FILE}` on a Ray cluster whose every node was\n"
+        f"# started (`ray start`) with {NODE_ENV_FILE} in its environment and this project's image\n"
+        f"# (src/ at {src}), or embed it as KubeRay's serveConfigV2 (docs/outgrow-compose.md).\n"
+        f"# No secret is in this file. Each node's environment gets them from the cluster's secret store:\n"
+        f"{secrets}\n" + yaml.safe_dump(config, sort_keys=False))
+    (directory / NODE_ENV_FILE).write_text(
+        f"# The environment of every Ray node (`ray start`) for {SERVE_CONFIG_FILE}; no secrets\n"
+        f"# (see {SERVE_CONFIG_FILE}'s header for those). Written by `deploy.py --serve-config`.\n"
+        + "".join(f"{name}={value}\n" for name, value in node_env.items()))
+    log(f"wrote {directory / SERVE_CONFIG_FILE} (checked with Ray's ServeDeploySchema) and {directory / NODE_ENV_FILE}")
+
+
 def config_error(problems: Sequence[str]) -> int:
     print("deploy.py: configuration error, nothing was started:", file=sys.stderr)
     for problem in problems:
@@ -228,8 +261,7 @@ def serve_forever(settings: Settings, serving: Any) -> None:
     ray.init(**llm_config.ray_init_kwargs(settings))
     if settings.num_nodes > 1:
         wait_for_nodes(settings.num_nodes, settings.node_wait_timeout_s)
-    # One Serve proxy, on the head: Nginx is the only client that needs it.
-    serve.start(proxy_location="HeadOnly", http_options=llm_config.http_options(settings))
+    serve.start(proxy_location=llm_config.PROXY_LOCATION, http_options=llm_config.http_options(settings))
     app = build_openai_app(serving)
     signal.signal(signal.SIGTERM, raise_stop)
     try:
@@ -270,7 +302,7 @@ def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | 
     except ConfigError as err:
         return config_error(err.problems)
     resolved: Mapping[str, Any] = llm_config.resolved(settings)
-    if not args.dry_run:
+    if not (args.dry_run or args.serve_config):
         # The weights are findable (MODEL_SOURCE, the cache, or the Hub), or a
         # clear error now instead of a traceback from a replica later.
         missing = model_source.problems(settings, env)
@@ -281,13 +313,15 @@ def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | 
         export_ray_auth(env, settings)
         drop_empty_upstream_vars(env)
         export_for_workers(env, settings)
-        export_serve_transport(env, settings)
     try:
         serving = checked_serving_args(settings)
     except config_check.EngineCheckError as err:
         return config_error(err.problems)
     if args.dry_run:
         print(json.dumps(resolved, indent=2, sort_keys=True))
+        return 0
+    if args.serve_config:
+        write_serve_config(Path(args.serve_config), settings)
         return 0
     log("starting with " + json.dumps(resolved, sort_keys=True))
     serve_forever(settings, serving)

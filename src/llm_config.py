@@ -8,13 +8,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine_watchdog import HEALTH_CHECK_PERIOD_S, PROBE_TIMEOUT_S
+from engine_watchdog import HEALTH_CHECK_PERIOD_S, PROBE_TIMEOUT_S, WATCHDOG_TIMEOUT_VAR
 from first_chunk import FIRST_CHUNK_FLAG, FIRST_CHUNK_SERVER_CLS
+from node_init import NODE_INIT_CALLBACK_CLS
+from proxy_middlewares import PROXY_CALLBACK, PROXY_CALLBACK_VAR
 from settings import ROUTERS, Settings
 
 # Application name and route of the OpenAI app in Ray Serve.
 APP_NAME = "llm"
 ROUTE_PREFIX = "/"
+# Ray Serve LLM's app builder, as a Serve config's import_path names it.
+APP_IMPORT_PATH = "ray.serve.llm:build_openai_app"
+# One Serve HTTP proxy, on the head: Nginx is the only client that needs it.
+PROXY_LOCATION = "HeadOnly"
 # The model server with the hang watchdog (src/engine_watchdog.py), as the
 # import path LLMConfig.server_cls takes. Ray's workers import it from src/
 # (deploy.py and ray-node.sh put src/ on PYTHONPATH).
@@ -85,6 +91,9 @@ def llm_config(s: Settings) -> dict[str, Any]:
         # default 50 ms adds up to that much to time-to-first-token).
         "experimental_configs": {"stream_batching_interval_ms": s.stream_batching_interval_ms,
                                  FIRST_CHUNK_FLAG: s.stream_first_chunk_at_once},
+        # Ray's per-node download task only when a cloud mirror needs it
+        # (src/node_init.py: 7.6 s of every replica start here).
+        "callback_config": {"callback_class": NODE_INIT_CALLBACK_CLS},
     }
     if s.lora_adapters_path:
         # Clients ask for MODEL:ADAPTER; Ray lists the store's subfolders in
@@ -139,6 +148,38 @@ def serving_args(s: Settings) -> dict[str, Any]:
 def http_options(s: Settings) -> dict[str, Any]:
     """Ray Serve HTTP options (serve.start)."""
     return {"host": s.api_host, "port": s.api_port}
+
+
+def node_env(s: Settings) -> dict[str, str]:
+    """What every Ray process reads from its environment, so what each node's
+    `ray start` (or deploy.py's ray.init) must be given: how requests and tokens
+    cross Ray Serve, the hang watchdog's bound, and the HTTP proxy's middleware
+    (errors in OpenAI's shape, /readyz). No secrets."""
+    env = {
+        "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1" if s.grpc_between_deployments else "0",
+        "RAY_SERVE_ENABLE_HA_PROXY": "1" if s.haproxy_ingress else "0",
+        "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1" if s.direct_streaming else "0",
+        WATCHDOG_TIMEOUT_VAR: str(s.watchdog_timeout_s),
+        PROXY_CALLBACK_VAR: PROXY_CALLBACK,
+    }
+    if s.device == "cpu":
+        # vLLM 0.29's CPU build cannot load its own AOT-compiled artifact
+        # ("'function' object has no attribute 'finalize_loading'") and compiles
+        # again at every start; its plain compile cache loads (engine init 5.7 s
+        # against 16.9 s here, docs/benchmarks.md, start-up).
+        env["VLLM_USE_AOT_COMPILE"] = "0"
+    return env
+
+
+def serve_config(s: Settings) -> dict[str, Any]:
+    """The same app as a Ray Serve config file (ServeDeploySchema): what
+    `serve deploy` and KubeRay's serveConfigV2 take."""
+    return {
+        "proxy_location": PROXY_LOCATION,
+        "http_options": http_options(s),
+        "applications": [{"name": APP_NAME, "route_prefix": ROUTE_PREFIX, "import_path": APP_IMPORT_PATH,
+                          "args": serving_args(s)}],
+    }
 
 
 def ray_init_kwargs(s: Settings) -> dict[str, Any]:

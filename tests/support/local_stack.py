@@ -132,12 +132,14 @@ class LocalStack:
 
 
 @contextlib.contextmanager
-def running(stack: LocalStack, request: pytest.FixtureRequest, wait: bool = True) -> Iterator[LocalStack]:
-    """Up for the with-block (wait=False: `up --no-wait`); always down after it
-    (log tails when a test failed meanwhile), leaving no process and no folder behind."""
+def running(stack: LocalStack, request: pytest.FixtureRequest, wait: bool = True,
+            parts: tuple[str, ...] = ()) -> Iterator[LocalStack]:
+    """Up for the with-block (wait=False: `up --no-wait`; parts: `serve` or
+    `nginx` alone); always down after it (log tails when a test failed
+    meanwhile), leaving no process and no folder behind."""
     failed_before = request.session.testsfailed
     try:
-        stack.up() if wait else stack.up("--no-wait")
+        stack.up(*(() if wait else ("--no-wait",)), *parts)
         yield stack
     finally:
         if request.session.testsfailed > failed_before:

@@ -188,17 +188,16 @@ def test_serve_transport_switches_parse_and_reach_rays_environment() -> None:
     values for Ray, so a missing variable still means the documented default."""
     import deploy
 
+    transport = ("RAY_SERVE_USE_GRPC_BY_DEFAULT", "RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING")
     on = parse_settings(env())
     assert on.grpc_between_deployments and on.haproxy_ingress and not on.direct_streaming
     environ: dict[str, str] = {}
-    deploy.export_serve_transport(environ, on)
-    assert environ == {"RAY_SERVE_USE_GRPC_BY_DEFAULT": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1",
-                       "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "0"}
+    deploy.export_for_workers(environ, on)
+    assert [environ[name] for name in transport] == ["1", "1", "0"]
     off = parse_settings(env(RAY_SERVE_USE_GRPC_BY_DEFAULT="0", RAY_SERVE_ENABLE_HA_PROXY="0"))
     environ = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
-    deploy.export_serve_transport(environ, off)
-    assert environ == {"RAY_SERVE_USE_GRPC_BY_DEFAULT": "0", "RAY_SERVE_ENABLE_HA_PROXY": "0",
-                       "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "0"}
+    deploy.export_for_workers(environ, off)
+    assert [environ[name] for name in transport] == ["0", "0", "0"]
 
 
 @pytest.mark.parametrize("name", ["RAY_SERVE_USE_GRPC_BY_DEFAULT", "RAY_SERVE_ENABLE_HA_PROXY"])

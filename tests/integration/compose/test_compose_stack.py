@@ -448,6 +448,33 @@ def test_doctor_checks_engine_arguments_in_the_built_image(up: ComposeStack) -> 
     assert set(up.compose("ps", "-aq").stdout.split()) == before
 
 
+def test_serve_config_is_written_from_the_image(up: ComposeStack, tmp_path: Path) -> None:
+    """scripts/serve-config.sh (docs/outgrow-compose.md): deploy.py --serve-config
+    in the built image of the active profile; the files reach the host's folder,
+    hold the stack's app with the image's src/, no planted secret, and no
+    container is left behind. Bad settings write nothing."""
+    import yaml
+
+    before = set(up.compose("ps", "-aq").stdout.split())
+    script = str(REPO_ROOT / "scripts" / "serve-config.sh")
+    out = subprocess.run(["bash", script, str(tmp_path / "out")], cwd=tmp_path, env=up.env(), text=True,
+                         capture_output=True, timeout=600, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = (tmp_path / "out" / "serve-config.yaml").read_text()
+    env_text = (tmp_path / "out" / "ray-node.env").read_text()
+    [app] = yaml.safe_load(text)["applications"]
+    assert app["args"]["llm_configs"][0]["model_loading_config"]["model_id"] == MODEL
+    assert "PYTHONPATH=/app/src\n" in env_text
+    for name, value in PLANTED.items():
+        assert value not in text + env_text, f"{name} is in the Serve config"
+    refused = subprocess.run(["bash", script, str(tmp_path / "bad")], cwd=tmp_path,
+                             env={**up.env(), "MAX_REPLICAS": "0"}, text=True, capture_output=True, timeout=600,
+                             check=False)
+    assert refused.returncode != 0 and "MAX_REPLICAS" in refused.stderr, refused.stderr
+    assert list((tmp_path / "bad").iterdir()) == []
+    assert set(up.compose("ps", "-aq").stdout.split()) == before
+
+
 def test_download_model_fills_the_cache_volume(up: ComposeStack) -> None:
     """scripts/download-model.sh without --dest: in the image (docker compose run),
     into the model-cache volume, from a stand-in Hub (tests/support/fake_hub.py) that

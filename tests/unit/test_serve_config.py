@@ -1,0 +1,131 @@
+"""deploy.py --serve-config: the app deploy.py runs, as a Ray Serve config that
+Ray's own schema accepts, with the node environment beside it and no secret in
+either file. The running-cluster proof is tests/integration/cluster/
+test_serve_deploy.py."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+import llm_config
+from settings import parse_settings
+from support.deploy_main import deploy_main
+
+SECRETS = {"HF_TOKEN": "hf_serveconfigsecret", "RAY_AUTH_TOKEN": "raytokenserveconfigsecret",
+           "AWS_ACCESS_KEY_ID": "AKIASERVECONFIG", "AWS_SECRET_ACCESS_KEY": "awssecretserveconfig"}
+SETTINGS = {"MODEL_ID": "org/model", "DEVICE": "cpu", "SERVED_MODEL_NAME": "chat", "WATCHDOG_TIMEOUT": "45",
+            "LORA_ADAPTERS_PATH": "s3://adapters/chat/", "RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_API_PORT": "9123"}
+
+
+def export(tmp_path: Path, **environ: str) -> tuple[dict, dict[str, str], str]:
+    ran = deploy_main("--serve-config", str(tmp_path / "out"), **environ)
+    assert ran.returncode == 0, ran.stderr
+    text = (tmp_path / "out" / "serve-config.yaml").read_text()
+    env_text = (tmp_path / "out" / "ray-node.env").read_text()
+    node_env = dict(line.split("=", 1) for line in env_text.splitlines() if line and not line.startswith("#"))
+    return yaml.safe_load(text), node_env, text + env_text
+
+
+def test_the_applications_are_what_dry_run_resolves(tmp_path: Path) -> None:
+    config, node_env, _ = export(tmp_path, **SETTINGS)
+    dry = deploy_main("--dry-run", **SETTINGS)
+    assert dry.returncode == 0, dry.stderr
+    resolved = json.loads(dry.stdout)
+    [app] = config["applications"]
+    assert app["args"] == resolved["serving_args"]
+    assert (app["name"], app["route_prefix"]) == (resolved["app"]["name"], resolved["app"]["route_prefix"])
+    assert app["import_path"] == "ray.serve.llm:build_openai_app"
+    assert config["http_options"] == resolved["http_options"] == {"host": "0.0.0.0", "port": 9123}
+    # The watchdog and the transport travel too: the class in the config, the bound and switches in the nodes' env.
+    assert app["args"]["llm_configs"][0]["server_cls"] == llm_config.WATCHED_SERVER_CLS
+    assert node_env["WATCHDOG_TIMEOUT"] == "45" and node_env["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
+    assert node_env["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] == "proxy_middlewares.proxy_middlewares"
+    assert Path(node_env["PYTHONPATH"], "engine_watchdog.py").is_file()
+
+
+def test_rays_schema_accepts_it_and_rejects_a_broken_one(tmp_path: Path) -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    config, _, _ = export(tmp_path, **SETTINGS)
+    ServeDeploySchema.parse_obj(config)
+    config["proxy_location"] = "EveryRack"
+    with pytest.raises(Exception, match="proxy_location"):
+        ServeDeploySchema.parse_obj(config)
+
+
+def test_no_secret_is_written_and_the_header_says_where_they_come_from(tmp_path: Path) -> None:
+    _, node_env, text = export(tmp_path, **SETTINGS, **SECRETS)
+    for value in SECRETS.values():
+        assert value not in text
+    for name in ("RAY_AUTH_TOKEN", "HF_TOKEN_PATH", "AWS_SECRET_ACCESS_KEY"):
+        assert name in text.split("applications:")[0] and name not in node_env
+
+
+def test_bad_settings_write_nothing(tmp_path: Path) -> None:
+    ran = deploy_main("--serve-config", str(tmp_path / "out"), MODEL_ID="org/model", MAX_REPLICAS="0")
+    assert ran.returncode == 2 and "MAX_REPLICAS" in ran.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_node_env_is_what_deploy_exports_for_its_own_ray() -> None:
+    import deploy
+
+    settings = parse_settings({"MODEL_ID": "m", "WATCHDOG_TIMEOUT": "0"})
+    environ: dict[str, str] = {}
+    deploy.export_for_workers(environ, settings)
+    assert llm_config.node_env(settings).items() <= environ.items()
+
+
+def mapping_rows() -> list[tuple[list[str], list[str], bool]]:
+    """docs/outgrow-compose.md's "What maps to what": (variables, field names,
+    whether ray-node.env is named) per row."""
+    from support import REPO_ROOT
+
+    text = (REPO_ROOT / "docs" / "outgrow-compose.md").read_text()
+    table = text.split("## What maps to what", 1)[1].split("\n\n", 2)[1]
+    rows = [line.split("|")[1:3] for line in table.splitlines()[2:]]
+    return [(re.findall(r"`([A-Z][A-Z0-9_]+)`", left), re.findall(r"`\.?([a-z_.\[\]0-9]+)`", right),
+             "`ray-node.env`" in right) for left, right in rows]
+
+
+def test_the_docs_mapping_names_real_settings_and_fields(tmp_path: Path) -> None:
+    """Every variable of the table is a setting; every field it names is in a
+    config emitted with the settings that turn each field on."""
+    from settings import VARIABLES
+
+    names = {v.name for v in VARIABLES}
+    everything = {**SETTINGS, "REQUEST_ROUTER": "prefix-cache", "REQUEST_ROUTER_KWARGS": '{"imbalanced_threshold": 5}',
+                  "NUM_NODES": "2", "PLACEMENT_STRATEGY": "SPREAD", "RAY_AUTH_TOKEN": "t", "LORA_ADAPTERS_PATH": "",
+                  "DEVICE": "gpu", "ACCELERATOR_TYPE": "L4", "TENSOR_PARALLEL_SIZE": "2", "GPUS_PER_NODE": "1"}
+    config, node_env, _ = export(tmp_path, **everything)
+    cpu, _, _ = export(tmp_path / "cpu", **SETTINGS)
+    keys: set[str] = set()
+    for tree in (config, cpu):
+        stack: list[object] = [tree]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, dict):
+                keys.update(str(k) for k in item)
+                stack.extend(item.values())
+            elif isinstance(item, list):
+                stack.extend(item)
+    rows = mapping_rows()
+    assert len(rows) >= 10
+    for variables, fields, in_node_env in rows:
+        assert variables and set(variables) <= names, variables
+        assert fields or in_node_env, variables
+        if in_node_env:
+            assert set(variables) <= set(node_env), variables
+        for field in fields:
+            leaf = field.split(".")[-1].split("[")[0]
+            assert leaf in keys, (field, variables)
+
+
+def test_the_cpu_engine_skips_the_aot_cache_it_cannot_load() -> None:
+    assert llm_config.node_env(parse_settings({"MODEL_ID": "m", "DEVICE": "cpu"}))["VLLM_USE_AOT_COMPILE"] == "0"
+    assert "VLLM_USE_AOT_COMPILE" not in llm_config.node_env(parse_settings({"MODEL_ID": "m"}))

@@ -56,6 +56,7 @@ SECRETS_ON_A_CLUSTER = (
 # What --serve-config writes.
 SERVE_CONFIG_FILE = "serve-config.yaml"
 NODE_ENV_FILE = "ray-node.env"
+RAYSERVICE_FILE = "rayservice.yaml"
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -74,8 +75,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--serve-config",
         metavar="DIR",
         help=f"validate as --dry-run does, then write the same app as a Ray Serve config ({SERVE_CONFIG_FILE}, "
-             f"for `serve deploy` or KubeRay's serveConfigV2) and the environment every Ray node needs "
-             f"({NODE_ENV_FILE}) into DIR; no secrets are written (docs/outgrow-compose.md)",
+             f"for `serve deploy`), the environment every Ray node needs ({NODE_ENV_FILE}) and a KubeRay "
+             f"RayService with Nginx ({RAYSERVICE_FILE}) into DIR; no secrets are written (docs/outgrow-compose.md)",
     )
     return parser.parse_args(argv)
 
@@ -218,30 +219,46 @@ def checked_serving_args(settings: Settings) -> Any:
     return serving
 
 
-def write_serve_config(directory: Path, settings: Settings) -> None:
-    """The checked app as a Ray Serve config, validated by Ray's own schema, and
-    the environment its Ray nodes need. Secrets are named, never written."""
+def write_serve_config(directory: Path, settings: Settings, environ: Mapping[str, str]) -> None:
+    """The checked app as a Ray Serve config, validated by Ray's own schema, the
+    environment its Ray nodes need, and both as a KubeRay RayService with the
+    project's Nginx in front. Secrets are named, never written. Everything is
+    built before the first file is (ConfigError: nothing written)."""
+    import ray
     import yaml
     from ray.serve.schema import ServeDeploySchema
+
+    import rayservice
 
     config = llm_config.serve_config(settings)
     ServeDeploySchema.parse_obj(config)
     src = str(Path(__file__).resolve().parent)
     node_env = {"PYTHONPATH": src, **llm_config.node_env(settings), USAGE_STATS_VAR: "0"}
+    objects = rayservice.manifests(settings, dict(environ), yaml.safe_dump(config, sort_keys=False),
+                                   llm_config.node_env(settings), ray.__version__)
+    name = objects[0]["metadata"]["name"]
     secrets = "\n".join(f"#   {line}" for line in SECRETS_ON_A_CLUSTER)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / SERVE_CONFIG_FILE).write_text(
         f"# Ray Serve config written by `deploy.py --serve-config` from .env (and MODELS_FILE).\n"
         f"# Deploy it with `serve deploy {SERVE_CONFIG_FILE}` on a Ray cluster whose every node was\n"
         f"# started (`ray start`) with {NODE_ENV_FILE} in its environment and this project's image\n"
-        f"# (src/ at {src}), or embed it as KubeRay's serveConfigV2 (docs/outgrow-compose.md).\n"
+        f"# (src/ at {src}), or as KubeRay's serveConfigV2 ({RAYSERVICE_FILE}, docs/outgrow-compose.md).\n"
         f"# No secret is in this file. Each node's environment gets them from the cluster's secret store:\n"
         f"{secrets}\n" + yaml.safe_dump(config, sort_keys=False))
     (directory / NODE_ENV_FILE).write_text(
         f"# The environment of every Ray node (`ray start`) for {SERVE_CONFIG_FILE}; no secrets\n"
         f"# (see {SERVE_CONFIG_FILE}'s header for those). Written by `deploy.py --serve-config`.\n"
-        + "".join(f"{name}={value}\n" for name, value in node_env.items()))
-    log(f"wrote {directory / SERVE_CONFIG_FILE} (checked with Ray's ServeDeploySchema) and {directory / NODE_ENV_FILE}")
+        + "".join(f"{key}={value}\n" for key, value in node_env.items()))
+    (directory / RAYSERVICE_FILE).write_text(
+        f"# KubeRay RayService (serveConfigV2 = {SERVE_CONFIG_FILE}) and the project's Nginx, written by\n"
+        f"# `deploy.py --serve-config` from .env. Secrets are references: make them from .secrets with\n"
+        f"#   kubectl create secret generic {name}-secrets --from-env-file=.secrets\n"
+        f"#   kubectl create secret generic {name}-gateway-secrets --from-file=secrets=.secrets\n"
+        f"# and the claims {name}-model-cache (and {name}-models for MODEL_SOURCE=/models/...) as\n"
+        "# docs/outgrow-compose.md says.\n" + rayservice.dump(objects))
+    log(f"wrote {directory / SERVE_CONFIG_FILE} (checked with Ray's ServeDeploySchema), {directory / NODE_ENV_FILE} "
+        f"and {directory / RAYSERVICE_FILE}")
 
 
 def config_error(problems: Sequence[str]) -> int:
@@ -321,7 +338,10 @@ def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | 
         print(json.dumps(resolved, indent=2, sort_keys=True))
         return 0
     if args.serve_config:
-        write_serve_config(Path(args.serve_config), settings)
+        try:
+            write_serve_config(Path(args.serve_config), settings, env)
+        except ConfigError as err:
+            return config_error(err.problems)
         return 0
     log("starting with " + json.dumps(resolved, sort_keys=True))
     serve_forever(settings, serving)

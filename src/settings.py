@@ -18,7 +18,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Callable, ClassVar, Iterator, Mapping
+from typing import Annotated, Any, Callable, ClassVar, Iterator, Mapping, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError, core_schema
@@ -885,6 +885,24 @@ def parse_settings(environ: Mapping[str, str], models_yaml: str | None = None) -
     if models_yaml is not None:
         return _parse_models(environ, models_yaml)
     return _parse_one(environ)
+
+
+LayerT = TypeVar("LayerT", bound=Layer)
+
+
+def parse_layer(layer: type[LayerT], environ: Mapping[str, str]) -> LayerT:
+    """One of the other layers (ComposeSettings, NodeSettings, GatewaySettings)
+    from an environment mapping, or ConfigError naming every bad variable."""
+    parsed, problems, _ = _validate(layer, environ)
+    if problems:
+        raise ConfigError(problems)
+    return parsed  # type: ignore[no-any-return]
+
+
+def layer_values(layer: type[Layer], environ: Mapping[str, str]) -> dict[str, str]:
+    """The layer's non-secret variables as their reader gets them: the
+    environment's text, else the declared default."""
+    return {v.name: environ.get(v.name, v.default) for v in VARIABLES if v.layer is layer and not v.secret}
 
 
 if __name__ == "__main__":

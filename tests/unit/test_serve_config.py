@@ -81,49 +81,66 @@ def test_node_env_is_what_deploy_exports_for_its_own_ray() -> None:
     assert llm_config.node_env(settings).items() <= environ.items()
 
 
-def mapping_rows() -> list[tuple[list[str], list[str], bool]]:
-    """docs/outgrow-compose.md's "What maps to what": (variables, field names,
-    whether ray-node.env is named) per row."""
+def mapping_rows() -> list[tuple[list[str], list[str], list[str], bool]]:
+    """docs/outgrow-compose.md's "What maps to what": per row the variables, the
+    Serve config's field names, the RayService's and Nginx's names, and whether
+    ray-node.env is named."""
     from support import REPO_ROOT
 
     text = (REPO_ROOT / "docs" / "outgrow-compose.md").read_text()
-    table = text.split("## What maps to what", 1)[1].split("\n\n", 2)[1]
-    rows = [line.split("|")[1:3] for line in table.splitlines()[2:]]
-    return [(re.findall(r"`([A-Z][A-Z0-9_]+)`", left), re.findall(r"`\.?([a-z_.\[\]0-9]+)`", right),
-             "`ray-node.env`" in right) for left, right in rows]
+    table = text.split("## What maps to what", 1)[1].split("| `.env`", 1)[1].split("\n\n", 1)[0]
+    rows = [line.split("|")[1:4] for line in table.splitlines()[2:]]
+    names = r"`\.?([A-Za-z_.\[\]0-9-]+)`"
+    def fields(cell: str) -> list[str]:
+        return [f for f in re.findall(names, cell) if f != "ray-node.env"]
+
+    return [(re.findall(r"`([A-Z][A-Z0-9_]+)`", left), fields(middle), fields(right),
+             "`ray-node.env`" in middle + right) for left, middle, right in rows]
+
+
+def names_in(*trees: object) -> set[str]:
+    """Every key and every string value in the trees."""
+    found: set[str] = set()
+    stack = list(trees)
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            found.update(str(k) for k in item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            found.add(item)
+    return found
 
 
 def test_the_docs_mapping_names_real_settings_and_fields(tmp_path: Path) -> None:
     """Every variable of the table is a setting; every field it names is in a
-    config emitted with the settings that turn each field on."""
+    config or manifest emitted with the settings that turn each field on."""
     from settings import VARIABLES
 
-    names = {v.name for v in VARIABLES}
+    variables = {v.name for v in VARIABLES}
     everything = {**SETTINGS, "REQUEST_ROUTER": "prefix-cache", "REQUEST_ROUTER_KWARGS": '{"imbalanced_threshold": 5}',
-                  "NUM_NODES": "2", "PLACEMENT_STRATEGY": "SPREAD", "RAY_AUTH_TOKEN": "t", "LORA_ADAPTERS_PATH": "",
+                  "NUM_NODES": "2", "PLACEMENT_STRATEGY": "SPREAD", "RAY_AUTH_TOKEN": "t", "MODEL_SOURCE": "/models/m",
                   "DEVICE": "gpu", "ACCELERATOR_TYPE": "L4", "TENSOR_PARALLEL_SIZE": "2", "GPUS_PER_NODE": "1"}
     config, node_env, _ = export(tmp_path, **everything)
     cpu, _, _ = export(tmp_path / "cpu", **SETTINGS)
-    keys: set[str] = set()
-    for tree in (config, cpu):
-        stack: list[object] = [tree]
-        while stack:
-            item = stack.pop()
-            if isinstance(item, dict):
-                keys.update(str(k) for k in item)
-                stack.extend(item.values())
-            elif isinstance(item, list):
-                stack.extend(item)
+    serve_names = names_in(config, cpu)
+    k8s = [yaml.safe_load_all((tmp_path / d / "out" / "rayservice.yaml").read_text()) for d in (".", "cpu")]
+    k8s_names = names_in(*[list(docs) for docs in k8s])
+    name = "ray-llm"  # COMPOSE_PROJECT_NAME's default, NAME in the table
     rows = mapping_rows()
-    assert len(rows) >= 10
-    for variables, fields, in_node_env in rows:
-        assert variables and set(variables) <= names, variables
-        assert fields or in_node_env, variables
+    assert len(rows) >= 20
+    for row_variables, serve_fields, k8s_fields, in_node_env in rows:
+        assert row_variables and set(row_variables) <= variables, row_variables
+        assert serve_fields or k8s_fields or in_node_env, row_variables
         if in_node_env:
-            assert set(variables) <= set(node_env), variables
-        for field in fields:
-            leaf = field.split(".")[-1].split("[")[0]
-            assert leaf in keys, (field, variables)
+            assert set(row_variables) & set(node_env), row_variables
+        for field in serve_fields:
+            assert field.split(".")[-1].split("[")[0] in serve_names, (field, row_variables)
+        for field in k8s_fields:
+            leaf = field.replace("NAME", name).split(".")[-1].split("[")[0]
+            assert leaf in k8s_names or leaf in variables, (field, row_variables)
 
 
 def test_the_cpu_engine_skips_the_aot_cache_it_cannot_load() -> None:

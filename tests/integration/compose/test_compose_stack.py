@@ -465,8 +465,16 @@ def test_serve_config_is_written_from_the_image(up: ComposeStack, tmp_path: Path
     [app] = yaml.safe_load(text)["applications"]
     assert app["args"]["llm_configs"][0]["model_loading_config"]["model_id"] == MODEL
     assert "PYTHONPATH=/app/src\n" in env_text
+    objects = list(yaml.safe_load_all((tmp_path / "out" / "rayservice.yaml").read_text()))
+    assert [o["kind"] for o in objects] == ["RayService", "Deployment", "Service"]
+    assert yaml.safe_load(objects[0]["spec"]["serveConfigV2"])["applications"] == [app]
     for name, value in PLANTED.items():
-        assert value not in text + env_text, f"{name} is in the Serve config"
+        assert value not in text + env_text + yaml.safe_dump_all(objects), f"{name} is in the Serve config"
+    # KubeRay starts Ray in the image with `bash -lc`: a login shell finds the venv's ray and python.
+    image = up.env()["LLM_CPU_IMAGE"] if "LLM_CPU_IMAGE" in up.env() else "ray-llm-serve:cpu-local"
+    login = up.docker("run", "--rm", "--entrypoint", "/bin/bash", image, "-lc", "command -v ray python")
+    assert login.returncode == 0 and login.stdout.split() == ["/opt/venv/bin/ray", "/opt/venv/bin/python"], (
+        login.stdout + login.stderr)
     refused = subprocess.run(["bash", script, str(tmp_path / "bad")], cwd=tmp_path,
                              env={**up.env(), "MAX_REPLICAS": "0"}, text=True, capture_output=True, timeout=600,
                              check=False)

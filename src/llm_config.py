@@ -155,20 +155,13 @@ def node_env(s: Settings) -> dict[str, str]:
     `ray start` (or deploy.py's ray.init) must be given: how requests and tokens
     cross Ray Serve, the hang watchdog's bound, and the HTTP proxy's middleware
     (errors in OpenAI's shape, /readyz). No secrets."""
-    env = {
+    return {
         "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1" if s.grpc_between_deployments else "0",
         "RAY_SERVE_ENABLE_HA_PROXY": "1" if s.haproxy_ingress else "0",
         "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1" if s.direct_streaming else "0",
         WATCHDOG_TIMEOUT_VAR: str(s.watchdog_timeout_s),
         PROXY_CALLBACK_VAR: PROXY_CALLBACK,
     }
-    if s.device == "cpu":
-        # vLLM 0.29's CPU build cannot load its own AOT-compiled artifact
-        # ("'function' object has no attribute 'finalize_loading'") and compiles
-        # again at every start; its plain compile cache loads (engine init 5.7 s
-        # against 16.9 s here, docs/benchmarks.md, start-up).
-        env["VLLM_USE_AOT_COMPILE"] = "0"
-    return env
 
 
 def serve_config(s: Settings) -> dict[str, Any]:

@@ -141,8 +141,3 @@ def test_the_docs_mapping_names_real_settings_and_fields(tmp_path: Path) -> None
         for field in k8s_fields:
             leaf = field.replace("NAME", name).split(".")[-1].split("[")[0]
             assert leaf in k8s_names or leaf in variables, (field, row_variables)
-
-
-def test_the_cpu_engine_skips_the_aot_cache_it_cannot_load() -> None:
-    assert llm_config.node_env(parse_settings({"MODEL_ID": "m", "DEVICE": "cpu"}))["VLLM_USE_AOT_COMPILE"] == "0"
-    assert "VLLM_USE_AOT_COMPILE" not in llm_config.node_env(parse_settings({"MODEL_ID": "m"}))

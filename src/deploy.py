@@ -46,6 +46,9 @@ SERVER_SECRETS = frozenset({*HF_TOKEN_NAMES, "RAY_AUTH_TOKEN", *ADAPTER_STORE_SE
 FOREIGN_SECRETS = frozenset({"OPENAI_API_KEY", "NGINX_DASHBOARD_USER", "NGINX_DASHBOARD_PASSWORD",
                              "GRAFANA_ADMIN_PASSWORD", "CLOUDFLARE_TUNNEL_TOKEN"})
 USAGE_STATS_VAR = "RAY_USAGE_STATS_ENABLED"
+# Even disabled, a cluster started with `ray start` sends one "disabled" report
+# unless this is empty (docker/ray-node.sh does the same for the head profile).
+USAGE_REPORT_URL_VAR = "RAY_USAGE_STATS_REPORT_URL"
 # Where a cluster's nodes find the secrets --serve-config never writes.
 SECRETS_ON_A_CLUSTER = (
     "RAY_AUTH_TOKEN (with RAY_AUTH_MODE=token): the same on every node and on `serve deploy`'s side",
@@ -233,9 +236,13 @@ def write_serve_config(directory: Path, settings: Settings, environ: Mapping[str
     config = llm_config.serve_config(settings)
     ServeDeploySchema.parse_obj(config)
     src = str(Path(__file__).resolve().parent)
-    node_env = {"PYTHONPATH": src, **llm_config.node_env(settings), USAGE_STATS_VAR: "0"}
+    usage = (environ.get(USAGE_STATS_VAR) or "").strip() or "0"
+    cluster_env = {**llm_config.node_env(settings), USAGE_STATS_VAR: usage}
+    if usage == "0":
+        cluster_env[USAGE_REPORT_URL_VAR] = ""
+    node_env = {"PYTHONPATH": src, **cluster_env}
     objects = rayservice.manifests(settings, dict(environ), yaml.safe_dump(config, sort_keys=False),
-                                   llm_config.node_env(settings), ray.__version__)
+                                   cluster_env, ray.__version__)
     name = objects[0]["metadata"]["name"]
     secrets = "\n".join(f"#   {line}" for line in SECRETS_ON_A_CLUSTER)
     directory.mkdir(parents=True, exist_ok=True)

@@ -87,6 +87,7 @@ def test_the_rayservice_carries_the_serve_config_and_the_cluster_shape(tmp_path:
         env = {e["name"]: e for e in container["env"]}
         assert env["PYTHONPATH"]["value"] == rayservice.IMAGE_SRC and env["WATCHDOG_TIMEOUT"]["value"] == "30"
         assert env["NCCL_IB_TC"]["value"] == "106" and "NCCL_SOCKET_IFNAME" not in env
+        assert env["RAY_USAGE_STATS_ENABLED"]["value"] == "0" and env["RAY_USAGE_STATS_REPORT_URL"]["value"] == ""
         assert env["VLLM_HOST_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
         assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "llm-prod-secrets"
         volumes = {v["name"]: v for v in spec["volumes"]}

@@ -46,6 +46,8 @@ def test_the_applications_are_what_dry_run_resolves(tmp_path: Path) -> None:
     assert node_env["WATCHDOG_TIMEOUT"] == "45" and node_env["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
     assert node_env["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] == "proxy_middlewares.proxy_middlewares"
     assert Path(node_env["PYTHONPATH"], "engine_watchdog.py").is_file()
+    # `ray start` sends no usage report, not even the "disabled" one (docker/ray-node.sh).
+    assert node_env["RAY_USAGE_STATS_ENABLED"] == "0" and node_env["RAY_USAGE_STATS_REPORT_URL"] == ""
 
 
 def test_rays_schema_accepts_it_and_rejects_a_broken_one(tmp_path: Path) -> None:

@@ -95,6 +95,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReq
                          env=clean_env(**settings), text=True, capture_output=True, timeout=300, check=False)
     assert out.returncode == 0, out.stderr
     node_env = node_env_file(root / "out" / "ray-node.env")
+    # Ray's usage report off, its one "disabled" report too: nothing leaves the machine.
+    assert node_env["RAY_USAGE_STATS_ENABLED"] == "0" and node_env["RAY_USAGE_STATS_REPORT_URL"] == ""
     # The cluster's secret store gives every node the token; nothing else from .env or .secrets.
     env = clean_env(**node_env, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=RAY_TOKEN, HF_HUB_OFFLINE="1",
                     VLLM_CPU_KVCACHE_SPACE="1")

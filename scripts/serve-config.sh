@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The Compose settings (.env, MODELS_FILE) as a Ray Serve config for a Ray
 # cluster something else manages (`serve deploy`, KubeRay's serveConfigV2):
-# writes serve-config.yaml and ray-node.env into DIR (docs/outgrow-compose.md).
+# writes serve-config.yaml, ray-node.env and rayservice.yaml (KubeRay) into DIR
+# (docs/outgrow-compose.md).
 #   scripts/serve-config.sh DIR
 # Runs `deploy.py --serve-config` in the image of the serving service of
 # COMPOSE_PROFILES, so Ray Serve LLM and vLLM of that image check it: bad
@@ -29,7 +30,7 @@ main() {
     >"$scratch/out.tar" || rc=$?
   ((rc == 0)) || die "deploy.py --serve-config failed in $service (exit $rc): nothing written"
   tar -C "$dest" -xf "$scratch/out.tar"
-  log_info "wrote $dest/serve-config.yaml and $dest/ray-node.env"
+  log_info "wrote serve-config.yaml, ray-node.env and rayservice.yaml into $dest"
 }
 
 main "$@"

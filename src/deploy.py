@@ -46,6 +46,8 @@ SERVER_SECRETS = frozenset({*HF_TOKEN_NAMES, "RAY_AUTH_TOKEN", *ADAPTER_STORE_SE
 FOREIGN_SECRETS = frozenset({"OPENAI_API_KEY", "NGINX_DASHBOARD_USER", "NGINX_DASHBOARD_PASSWORD",
                              "GRAFANA_ADMIN_PASSWORD", "CLOUDFLARE_TUNNEL_TOKEN"})
 USAGE_STATS_VAR = "RAY_USAGE_STATS_ENABLED"
+# src/: importable by every Ray worker (the model server classes, the middlewares).
+SRC_DIR = str(Path(__file__).resolve().parent)
 # Even disabled, a cluster started with `ray start` sends one "disabled" report
 # unless this is empty (docker/ray-node.sh does the same for the head profile).
 USAGE_REPORT_URL_VAR = "RAY_USAGE_STATS_REPORT_URL"
@@ -133,15 +135,18 @@ def export_for_workers(environ: MutableMapping[str, str], settings: Settings) ->
     proxy's middleware), written before Ray starts its private cluster; on
     several nodes every `ray start` gets the same from .env and ray-node.sh.
     Plus src/ importable (the model server classes, the middleware)."""
-    src = str(Path(__file__).resolve().parent)
     paths = [p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if src not in paths:
-        environ["PYTHONPATH"] = os.pathsep.join([src, *paths])
+    if SRC_DIR not in paths:
+        environ["PYTHONPATH"] = os.pathsep.join([SRC_DIR, *paths])
     environ.update(llm_config.node_env(settings))
-    # Ray's usage report probes cloud metadata addresses at start and reports
-    # to usage-stats.ray.io; off unless set (RAY_USAGE_STATS_ENABLED in .env).
-    if not (environ.get(USAGE_STATS_VAR) or "").strip():
-        environ[USAGE_STATS_VAR] = "0"
+    environ[USAGE_STATS_VAR] = usage_stats(environ)
+
+
+def usage_stats(environ: Mapping[str, str]) -> str:
+    """RAY_USAGE_STATS_ENABLED for Ray: Ray's usage report probes cloud metadata
+    addresses at start and reports to usage-stats.ray.io, so it is off ("0")
+    unless .env (or the shell) sets it."""
+    return (environ.get(USAGE_STATS_VAR) or "").strip() or "0"
 
 
 def log(message: str) -> None:
@@ -235,14 +240,13 @@ def write_serve_config(directory: Path, settings: Settings, environ: Mapping[str
 
     config = llm_config.serve_config(settings)
     ServeDeploySchema.parse_obj(config)
-    src = str(Path(__file__).resolve().parent)
-    usage = (environ.get(USAGE_STATS_VAR) or "").strip() or "0"
+    config_yaml = yaml.safe_dump(config, sort_keys=False)
+    usage = usage_stats(environ)
     cluster_env = {**llm_config.node_env(settings), USAGE_STATS_VAR: usage}
     if usage == "0":
         cluster_env[USAGE_REPORT_URL_VAR] = ""
-    node_env = {"PYTHONPATH": src, **cluster_env}
-    objects = rayservice.manifests(settings, dict(environ), yaml.safe_dump(config, sort_keys=False),
-                                   cluster_env, ray.__version__)
+    node_env = {"PYTHONPATH": SRC_DIR, **cluster_env}
+    objects = rayservice.manifests(settings, dict(environ), config_yaml, cluster_env, ray.__version__)
     name = objects[0]["metadata"]["name"]
     secrets = "\n".join(f"#   {line}" for line in SECRETS_ON_A_CLUSTER)
     directory.mkdir(parents=True, exist_ok=True)
@@ -250,9 +254,9 @@ def write_serve_config(directory: Path, settings: Settings, environ: Mapping[str
         f"# Ray Serve config written by `deploy.py --serve-config` from .env (and MODELS_FILE).\n"
         f"# Deploy it with `serve deploy {SERVE_CONFIG_FILE}` on a Ray cluster whose every node was\n"
         f"# started (`ray start`) with {NODE_ENV_FILE} in its environment and this project's image\n"
-        f"# (src/ at {src}), or as KubeRay's serveConfigV2 ({RAYSERVICE_FILE}, docs/outgrow-compose.md).\n"
+        f"# (src/ at {SRC_DIR}), or as KubeRay's serveConfigV2 ({RAYSERVICE_FILE}, docs/outgrow-compose.md).\n"
         f"# No secret is in this file. Each node's environment gets them from the cluster's secret store:\n"
-        f"{secrets}\n" + yaml.safe_dump(config, sort_keys=False))
+        f"{secrets}\n" + config_yaml)
     (directory / NODE_ENV_FILE).write_text(
         f"# The environment of every Ray node (`ray start`) for {SERVE_CONFIG_FILE}; no secrets\n"
         f"# (see {SERVE_CONFIG_FILE}'s header for those). Written by `deploy.py --serve-config`.\n"

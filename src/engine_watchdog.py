@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from lazy_classes import lazy_attributes
 from settings import DEFAULT_WATCHDOG_TIMEOUT_S
 
 # The heartbeat is sent every health check; Serve's period and timeout are set
@@ -201,17 +202,10 @@ def watched_server_class() -> type:
                 except ProcessLookupError:
                     pass
 
-    # Pickled by reference (this module's WatchedLLMServer, see __getattr__),
-    # so Ray's workers rebuild the class from src/ instead of a closure copy.
-    WatchedLLMServer.__module__ = __name__
-    WatchedLLMServer.__qualname__ = "WatchedLLMServer"
     return WatchedLLMServer
 
 
-def __getattr__(name: str) -> Any:
-    """``engine_watchdog:WatchedLLMServer`` as an import path (LLMConfig.server_cls)."""
-    if name == "WatchedLLMServer":
-        cls = watched_server_class()
-        globals()[name] = cls
-        return cls
-    raise AttributeError(name)
+# ``engine_watchdog:WatchedLLMServer`` as an import path (LLMConfig.server_cls);
+# pickled by reference, so Ray's workers rebuild the class from src/ instead of
+# a closure copy.
+__getattr__ = lazy_attributes(globals(), {"WatchedLLMServer": watched_server_class})

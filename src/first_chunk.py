@@ -24,6 +24,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any, AsyncGenerator
 
+from lazy_classes import lazy_attributes
+
 # The key in LLMConfig.experimental_configs that turns it on (per model).
 FIRST_CHUNK_FLAG = "stream_first_chunk_at_once"
 # LLMConfig.server_cls when the watchdog is off (engine_watchdog's class
@@ -66,8 +68,6 @@ def first_chunk_batcher_class() -> type:
                 if not self.read_task.done():
                     self.read_task.cancel()
 
-    FirstChunkBatcher.__module__ = __name__
-    FirstChunkBatcher.__qualname__ = "FirstChunkBatcher"
     return FirstChunkBatcher
 
 
@@ -75,7 +75,7 @@ def first_chunk_server_class() -> type:
     """Ray's public LLMServer with FirstChunkBatcher when the model asks for it."""
     from ray.serve.llm import LLMServer
 
-    batcher = _cached("FirstChunkBatcher", first_chunk_batcher_class)
+    batcher = __getattr__("FirstChunkBatcher")
 
     class FirstChunkLLMServer(LLMServer):  # type: ignore[misc, valid-type]
         def _batch_output_stream(self, generator: AsyncGenerator[Any, None]) -> AsyncGenerator[Any, None]:
@@ -83,23 +83,10 @@ def first_chunk_server_class() -> type:
                 return super()._batch_output_stream(generator)
             return batcher(generator, interval_ms=self._get_batch_interval_ms()).stream()
 
-    # Pickled by reference (see __getattr__): Ray's workers import it from src/.
-    FirstChunkLLMServer.__module__ = __name__
-    FirstChunkLLMServer.__qualname__ = "FirstChunkLLMServer"
     return FirstChunkLLMServer
 
 
-def _cached(name: str, build: Any) -> type:
-    """One class per process, stored as this module's attribute NAME."""
-    if name not in globals():
-        globals()[name] = build()
-    return globals()[name]
-
-
-def __getattr__(name: str) -> Any:
-    """``first_chunk:FirstChunkLLMServer`` as an import path (LLMConfig.server_cls)."""
-    if name == "FirstChunkLLMServer":
-        return _cached(name, first_chunk_server_class)
-    if name == "FirstChunkBatcher":
-        return _cached(name, first_chunk_batcher_class)
-    raise AttributeError(name)
+# ``first_chunk:FirstChunkLLMServer`` as an import path (LLMConfig.server_cls);
+# pickled by reference, so Ray's workers import it from src/.
+__getattr__ = lazy_attributes(globals(), {"FirstChunkLLMServer": first_chunk_server_class,
+                                          "FirstChunkBatcher": first_chunk_batcher_class})

@@ -25,6 +25,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from lazy_classes import lazy_attributes
+
 # LLMConfig.callback_config's class, as the import path Ray's workers load
 # from src/ (deploy.py and ray-node.sh put src/ on PYTHONPATH).
 NODE_INIT_CALLBACK_CLS = "node_init:LocalWeightsCallback"
@@ -50,14 +52,8 @@ def local_weights_callback_class() -> type:
                 os.makedirs(os.path.join(torch.hub._get_torch_home(), "kernels"), exist_ok=True)
                 self.ctx.run_init_node = False
 
-    LocalWeightsCallback.__module__ = __name__
     return LocalWeightsCallback
 
 
-def __getattr__(name: str) -> Any:
-    # Ray loads "node_init:LocalWeightsCallback" by attribute, in the replica.
-    if name == "LocalWeightsCallback":
-        cls = local_weights_callback_class()
-        globals()[name] = cls
-        return cls
-    raise AttributeError(name)
+# Ray loads "node_init:LocalWeightsCallback" by attribute, in the replica.
+__getattr__ = lazy_attributes(globals(), {"LocalWeightsCallback": local_weights_callback_class})

@@ -23,11 +23,12 @@ import math
 import re
 from typing import Any
 
-from settings import ComposeSettings, GatewaySettings, NodeSettings, Settings
+from settings import ComposeSettings, GatewaySettings, NodeSettings, Settings, layer_values, parse_layer
 
 # Where the image holds src/ (docker/Dockerfile: COPY src/ /app/src/).
 IMAGE_SRC = "/app/src"
-# Where the Ray pods mount the secrets file's Hugging Face token.
+# Where Compose mounts .secrets (docker-compose.yml, secret ray-llm): the Ray
+# pods' folder of Secret keys, Nginx's secrets file.
 SECRETS_MOUNT = "/run/secrets/ray-llm"
 # KubeRay's ports for the GCS and the dashboard (pods have their own
 # addresses, so .env's RAY_HEAD_PORT and RAY_DASHBOARD_PORT need not apply).
@@ -50,6 +51,11 @@ def quantity(size: str) -> str:
     return number + {"": "", "k": "Ki", "m": "Mi", "g": "Gi"}[unit.lower()]
 
 
+def uses_models_dir(s: Settings) -> bool:
+    """Whether a model's weights come from Compose's MODELS_DIR mount (/models)."""
+    return any((m.model_source or "").startswith("/models/") for m in s.served)
+
+
 def env_list(values: dict[str, str]) -> list[dict[str, Any]]:
     return [{"name": name, "value": value} for name, value in values.items()]
 
@@ -69,7 +75,7 @@ def ray_container(s: Settings, compose: ComposeSettings, node: dict[str, str], n
                 for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")]
     mounts = [{"name": "dshm", "mountPath": "/dev/shm"}, {"name": "model-cache", "mountPath": "/cache"},
               {"name": "secrets", "mountPath": SECRETS_MOUNT, "readOnly": True}]
-    if any((m.model_source or "").startswith("/models/") for m in s.served):
+    if uses_models_dir(s):
         mounts.append({"name": "models", "mountPath": "/models", "readOnly": True})
     container: dict[str, Any] = {
         "name": f"ray-{role}",
@@ -107,7 +113,7 @@ def pod_template(s: Settings, compose: ComposeSettings, node: dict[str, str], no
         {"name": "secrets", "secret": {"secretName": f"{name}-secrets", "optional": True,
                                        "items": [{"key": "HF_TOKEN", "path": "HF_TOKEN"}]}},
     ]
-    if any((m.model_source or "").startswith("/models/") for m in s.served):
+    if uses_models_dir(s):
         volumes.append({"name": "models", "persistentVolumeClaim": {"claimName": f"{name}-models",
                                                                     "readOnly": True}})
     return {"spec": {"containers": [ray_container(s, compose, node, node_env, name, role)], "volumes": volumes}}
@@ -147,7 +153,7 @@ def nginx(s: Settings, compose: ComposeSettings, gateway_env: dict[str, str]) ->
     env = {**gateway_env, "NGINX_UPSTREAM_HOST": f"{name}-head-svc", "NGINX_CERTS_DIR": "/etc/nginx/certs",
            "NGINX_HTTP_PORT": str(s.nginx_http_port), "NGINX_HTTPS_PORT": str(s.nginx_https_port),
            "RAY_API_PORT": str(s.api_port), "RAY_DASHBOARD_PORT": str(DASHBOARD_PORT),
-           "RAY_LLM_SECRETS_FILE": "/run/secrets/ray-llm"}
+           "RAY_LLM_SECRETS_FILE": SECRETS_MOUNT}
     http_port, https_port = s.nginx_http_port, s.nginx_https_port
     container = {
         "name": "nginx",
@@ -161,7 +167,7 @@ def nginx(s: Settings, compose: ComposeSettings, gateway_env: dict[str, str]) ->
         "securityContext": {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
                             "capabilities": {"drop": ["ALL"], "add": ["CHOWN", "SETUID", "SETGID",
                                                                       "NET_BIND_SERVICE", "DAC_READ_SEARCH"]}},
-        "volumeMounts": [{"name": "secrets", "mountPath": "/run/secrets/ray-llm", "subPath": "secrets",
+        "volumeMounts": [{"name": "secrets", "mountPath": SECRETS_MOUNT, "subPath": "secrets",
                           "readOnly": True},
                          {"name": "certs", "mountPath": "/etc/nginx/certs", "readOnly": True},
                          {"name": "conf", "mountPath": "/etc/nginx/conf.d"},
@@ -204,8 +210,6 @@ def dump(objects: list[dict[str, Any]]) -> str:
 def manifests(s: Settings, environ: dict[str, str], serve_config_yaml: str, node_env: dict[str, str],
               ray_version: str) -> list[dict[str, Any]]:
     """Every object, in the order `kubectl apply -f` should create them."""
-    from settings import layer_values, parse_layer
-
     compose = parse_layer(ComposeSettings, environ)
     node = layer_values(NodeSettings, environ)
     gateway = layer_values(GatewaySettings, environ)

@@ -174,7 +174,11 @@ def run_client(cmd: Sequence[str], env: dict[str, str], log_path: Path) -> dict[
     if proc.returncode != 0 or len(snapshots) < len(CLIENT_MARKS):
         tail = "".join(log_path.read_text().splitlines(keepends=True)[-20:])
         raise RuntimeError(f"vllm bench serve exited with {proc.returncode} (log {log_path}):\n{tail}")
-    return cpu_delta(*snapshots)
+    used = cpu_delta(*snapshots)
+    # The client ran between the marks: it keeps its row even below one clock
+    # tick of CPU (a short --url run), so the report always shows its cost.
+    used.setdefault(CLIENT_KIND, 0.0)
+    return used
 
 
 def run_phase(mode: str, base_url: str, api_key: str, model: str, tokenizer: str, concurrency: int, requests: int,

@@ -70,7 +70,7 @@ ensure_cpu_venv() {
   if [[ ! -x "$venv/bin/python" ]]; then
     UV_PYTHON_DOWNLOADS=never uv venv --quiet --python python3.11 "$venv" >&2
   fi
-  UV_PYTHON_DOWNLOADS=never VIRTUAL_ENV="$venv" uv pip sync --quiet \
+  UV_PYTHON_DOWNLOADS=never VIRTUAL_ENV="$venv" uv pip sync --quiet --compile-bytecode \
     --find-links "$TORCH_CPU_FIND_LINKS" \
     requirements-cpu.txt requirements-dev.txt >&2
 }

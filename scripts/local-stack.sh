@@ -139,9 +139,6 @@ prepare() {
   [[ -x "$VENV/bin/python" ]] || { log_info "creating the CPU venv in $VENV"; (cd "$REPO_ROOT" && ensure_cpu_venv "$VENV"); }
   command -v "$NGINX_BIN" >/dev/null 2>&1 || die "nginx is not installed (Debian: apt-get install nginx-light gettext-base)"
   command -v curl >/dev/null 2>&1 || die "curl is not installed"
-  # Validate everything first: exit 2 and nothing started on bad config.
-  "$VENV/bin/python" "$REPO_ROOT/src/deploy.py" --dry-run >"$STACK_DIR/resolved.json" ||
-    die "configuration is invalid (see above); nothing was started"
 }
 
 start_serve() {
@@ -156,6 +153,29 @@ start_serve() {
   log_info "starting Ray Serve LLM (logs: $STACK_DIR/serve.log)"
   start_bg serve "$(serve_pid_file)" "$REPO_ROOT/scripts/local-stack.sh" _supervise \
     "$VENV/bin/python" "$REPO_ROOT/src/deploy.py"
+  wait_config_checked
+}
+
+# deploy.py checks every setting, with Ray's and vLLM's own validators, before
+# it starts anything (all problems at once, exit 2). `up` waits for that
+# verdict, so bad settings still start nothing (not even Nginx), without a
+# second process that imports Ray and vLLM for the same check first: that
+# was 9 s of every start here (docs/benchmarks.md, "Start-up cut").
+config_checked() { grep -q "^deploy.py: starting with " "$STACK_DIR/serve.log"; }
+config_verdict() { ! serve_alive || config_checked; }
+config_error_logged() { grep -q "^deploy.py: configuration error" "$STACK_DIR/serve.log"; }
+
+wait_config_checked() {
+  wait_until "$UP_TIMEOUT" "deploy.py's configuration check" config_verdict && config_checked && return 0
+  if config_error_logged; then
+    sed -n '/^deploy.py: configuration error/,$p' "$STACK_DIR/serve.log" >&2
+  else
+    show_log_tails
+  fi
+  GRACE_S="$(grace_seconds)"
+  stop_session "$(serve_pid_file)" "Ray Serve" TERM
+  config_error_logged && die "configuration is invalid (see above); nothing was started"
+  die "deploy.py stopped before its configuration check finished (see above)"
 }
 
 # _supervise CMD...: the local stand-in for Compose's restart policy. Runs CMD

@@ -29,7 +29,7 @@ from lazy_classes import lazy_attributes
 # The key in LLMConfig.experimental_configs that turns it on (per model).
 FIRST_CHUNK_FLAG = "stream_first_chunk_at_once"
 # LLMConfig.server_cls when the watchdog is off (engine_watchdog's class
-# derives from this one when it is on).
+# derives from this one when it is on). Ray's batching when the flag is off.
 FIRST_CHUNK_SERVER_CLS = "first_chunk:FirstChunkLLMServer"
 
 
@@ -72,9 +72,11 @@ def first_chunk_batcher_class() -> type:
 
 
 def first_chunk_server_class() -> type:
-    """Ray's public LLMServer with FirstChunkBatcher when the model asks for it."""
-    from ray.serve.llm import LLMServer
+    """Ray's public LLMServer with FirstChunkBatcher when the model asks for it
+    (through src/no_telemetry.py's subclass, which every model server uses)."""
+    import no_telemetry
 
+    LLMServer = no_telemetry.NoTelemetryLLMServer  # noqa: N806
     batcher = __getattr__("FirstChunkBatcher")
 
     class FirstChunkLLMServer(LLMServer):  # type: ignore[misc, valid-type]

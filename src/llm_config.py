@@ -110,7 +110,9 @@ def llm_config(s: Settings) -> dict[str, Any]:
         config["server_cls"] = WATCHED_SERVER_CLS
         config["deployment_config"]["health_check_period_s"] = HEALTH_CHECK_PERIOD_S
         config["deployment_config"]["health_check_timeout_s"] = PROBE_TIMEOUT_S + 10
-    elif s.stream_first_chunk_at_once:
+    else:
+        # Ray's batching unless STREAM_FIRST_CHUNK_AT_ONCE; no usage records
+        # while usage stats are off (src/no_telemetry.py), as with the watchdog.
         config["server_cls"] = FIRST_CHUNK_SERVER_CLS
     if s.device == "cpu":
         # CPU-only bundles: no GPU is requested, vLLM uses its CPU backend.

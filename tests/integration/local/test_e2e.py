@@ -183,6 +183,18 @@ def test_the_start_skips_rays_download_task(stack: LocalStack) -> None:
     assert "init engine (profile, create kv cache, warmup model)" in log
 
 
+def test_the_start_creates_no_telemetry_actor(stack: LocalStack) -> None:
+    """src/no_telemetry.py: with usage stats off (.env's RAY_USAGE_STATS_ENABLED=0)
+    no replica creates Ray Serve LLM's TelemetryAgent (a new Ray worker process
+    on the way to readiness). Asked of Ray's own state API, through Nginx."""
+    actors = httpx.get(stack.base_url + "/dashboard/api/v0/actors", params={"limit": "1000"},
+                       auth=(DASH_USER, DASH_PASSWORD), timeout=30)
+    assert actors.status_code == 200, actors.text
+    classes = {row["class_name"] for row in actors.json()["data"]["result"]["result"]}
+    assert {"ServeController", "ServeReplica:llm:OpenAiIngress"} <= classes, classes
+    assert not any("Telemetry" in name for name in classes), classes
+
+
 def test_health_ready_and_dashboard(stack: LocalStack) -> None:
     health = httpx.get(stack.base_url + "/healthz")
     assert health.status_code == 200

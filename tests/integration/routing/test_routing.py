@@ -19,7 +19,8 @@ import httpx
 import pytest
 
 from support import REPO_ROOT
-from support.local_stack import API_KEY, MODEL, LocalStack, auth, running, shared_stack_env
+from support.local_stack import (API_KEY, DASH_PASSWORD, DASH_USER, MODEL, LocalStack, auth, running,
+                                 shared_stack_env)
 
 pytestmark = [pytest.mark.e2e]
 
@@ -58,11 +59,27 @@ def send_shared_prefix_requests(stack: LocalStack) -> dict[str, float]:
         time.sleep(2)
 
 
+def running_replicas(stack: LocalStack) -> int:
+    """Model-server replicas Ray Serve reports RUNNING (its REST API, through Nginx)."""
+    r = httpx.get(stack.base_url + "/dashboard/api/serve/applications/", auth=(DASH_USER, DASH_PASSWORD), timeout=30)
+    assert r.status_code == 200, r.text
+    deployments = r.json()["applications"]["llm"]["deployments"]
+    return sum(replica["state"] == "RUNNING" for name, deployment in deployments.items()
+               if "LLMServer" in name for replica in deployment["replicas"])
+
+
 @pytest.fixture(params=["pow2", "prefix-cache"])
 def two_replicas(request: pytest.FixtureRequest) -> Iterator[LocalStack]:
     stack_dir = REPO_ROOT / ".runtime" / f"test-routing-{os.getpid()}"
     env = {**shared_stack_env(), "MIN_REPLICAS": "2", "MAX_REPLICAS": "2", "REQUEST_ROUTER": request.param}
     with running(LocalStack(stack_dir, api_key=API_KEY, extra_env=env), request) as stack:
+        # Ready means every model answers, which one replica does: the second
+        # may still be starting (the test once passed only because each start
+        # was slower). Both must serve before the routers can be compared.
+        deadline = time.monotonic() + 300
+        while running_replicas(stack) < 2:
+            assert time.monotonic() < deadline, "the second replica never reached RUNNING"
+            time.sleep(2)
         yield stack
 
 

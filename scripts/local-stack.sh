@@ -160,7 +160,7 @@ start_serve() {
 # it starts anything (all problems at once, exit 2). `up` waits for that
 # verdict, so bad settings still start nothing (not even Nginx), without a
 # second process that imports Ray and vLLM for the same check first: that
-# was 9 s of every start here (docs/benchmarks.md, "Start-up cut").
+# was 9 s of every start here (docs/benchmarks.md, "Start-up cut 2").
 config_checked() { grep -q "^deploy.py: starting with " "$STACK_DIR/serve.log"; }
 config_verdict() { ! serve_alive || config_checked; }
 config_error_logged() { grep -q "^deploy.py: configuration error" "$STACK_DIR/serve.log"; }

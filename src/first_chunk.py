@@ -4,8 +4,9 @@ Ray Serve LLM hands a replica's output to the ingress in batches, one every
 ``stream_batching_interval_ms`` (STREAM_BATCHING_INTERVAL_MS; Ray's default
 is 50 ms, this project's 100): ``Batcher.stream``
 (ray/llm/_internal/serve/utils/batcher.py) waits a whole interval before its
-first yield, so the first token sits in the replica until the first tick. Batching later tokens saves CPU per token; delaying the
-first one only adds to time-to-first-token.
+first yield, so the first token sits in the replica until the first tick.
+Batching later tokens saves CPU per token; delaying the first one only adds
+to time-to-first-token.
 
 ``FirstChunkBatcher`` yields whatever the engine has produced as soon as the
 first item arrives, then batches the rest exactly as Ray does. A non-streamed

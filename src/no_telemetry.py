@@ -10,7 +10,7 @@ so records usage tags in Ray's cluster store. Those tags only ever leave the
 cluster in Ray's usage report. With ``RAY_USAGE_STATS_ENABLED=0`` (this
 project's default) no report is sent, so the work only delays readiness: 3.7 s
 of every start on the 2-core test machine (docs/benchmarks.md, "Start-up
-cut"), and the actor's process then stays for the life of the cluster.
+cut 2"), and the actor's process then stays for the life of the cluster.
 
 ``NoTelemetryLLMServer._start_engine`` starts the engine as Ray's does and
 skips both usage records (the telemetry report and the direct-streaming tag)

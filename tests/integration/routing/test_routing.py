@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from support import REPO_ROOT
+from support.compose_stack import wait_for
 from support.local_stack import (API_KEY, DASH_PASSWORD, DASH_USER, MODEL, LocalStack, auth, running,
                                  shared_stack_env)
 
@@ -76,10 +77,7 @@ def two_replicas(request: pytest.FixtureRequest) -> Iterator[LocalStack]:
         # Ready means every model answers, which one replica does: the second
         # may still be starting (the test once passed only because each start
         # was slower). Both must serve before the routers can be compared.
-        deadline = time.monotonic() + 300
-        while running_replicas(stack) < 2:
-            assert time.monotonic() < deadline, "the second replica never reached RUNNING"
-            time.sleep(2)
+        wait_for("both model replicas RUNNING", lambda: running_replicas(stack) >= 2, timeout=300)
         yield stack
 
 
